@@ -1,0 +1,131 @@
+"""Checkpoints: a directory of safetensors and JSON, written atomically, never unpickled.
+
+    CKPT/
+      model.safetensors   the weights (the tied embedding stored once)
+      config.json         {"kind": "gpt" | "scalar", "model": GPTConfig, "tokenizer": name,
+                           "run": the stage's full run config, ...anything else the stage adds}
+      resume.pt           optional: optimizer state, RNG states, step, data position.
+                          Tensors, numbers, strings, lists, tuples and dicts only: it is read
+                          with torch.load(weights_only=True), which refuses anything else.
+
+Atomic writes: a checkpoint is written to a fresh temporary directory beside CKPT, which
+is renamed into place. Replacing an existing CKPT takes two renames (CKPT -> CKPT.old,
+tmp -> CKPT); at every instant one of CKPT or CKPT.old is a complete checkpoint, and the
+next save or load finishes the job. A run killed mid-save keeps its previous checkpoint.
+"""
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import tempfile
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from nanoinstruct.cli import UserError
+from nanoinstruct.model import GPT, ScalarGPT, config_from_dict
+
+KINDS = {"gpt": GPT, "scalar": ScalarGPT}
+
+
+def _recover(path):
+    """Finish a replacement that was interrupted between its two renames."""
+    old = path + ".old"
+    if os.path.isdir(old):
+        if os.path.isdir(path):
+            shutil.rmtree(old)            # killed after the swap: the old copy is stale
+        else:
+            os.rename(old, path)          # killed between the renames: put the old one back
+
+
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Yield a temporary directory; on success it replaces `path` in one step."""
+    path = os.path.normpath(path)
+    parent = os.path.dirname(path) or "."
+    os.makedirs(parent, exist_ok=True)
+    _recover(path)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
+    try:
+        yield tmp
+        for name in os.listdir(tmp):      # data on disk before the rename makes it visible
+            with open(os.path.join(tmp, name), "rb") as f:
+                os.fsync(f.fileno())
+        if os.path.isdir(path):
+            os.rename(path, path + ".old")
+        os.rename(tmp, path)
+        shutil.rmtree(path + ".old", ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save(path, model, config, resume=None):
+    """Write model + config (a JSON-able dict; "kind" and "model" are filled in) + resume."""
+    model = getattr(model, "module", model)   # unwrap DDP
+    kind = {cls: k for k, cls in KINDS.items()}[type(model)]
+    config = {**config, "kind": kind, "model": vars(model.config).copy()}
+    with atomic_dir(path) as tmp:
+        save_model(model, os.path.join(tmp, "model.safetensors"))
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        if resume is not None:
+            torch.save(resume, os.path.join(tmp, "resume.pt"))
+
+
+def read_config(path):
+    _recover(os.path.normpath(path))
+    file = os.path.join(path, "config.json")
+    if not os.path.isfile(file):
+        raise UserError(f"{path}: not a checkpoint (no config.json)")
+    try:
+        with open(file) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{file}:{e.lineno}: not valid JSON: {e.msg}") from None
+    if config.get("kind") not in KINDS or "model" not in config:
+        raise UserError(f"{file}: not a nanoinstruct checkpoint config (needs kind and model)")
+    return config
+
+
+def load(path, device="cpu"):
+    """-> (model, config dict). The model class (GPT or ScalarGPT) comes from config["kind"]."""
+    config = read_config(path)
+    model = KINDS[config["kind"]](config_from_dict(config["model"]))
+    file = os.path.join(path, "model.safetensors")
+    if not os.path.isfile(file):
+        raise UserError(f"{path}: checkpoint has no model.safetensors")
+    try:
+        load_model(model, file, strict=True)
+    except Exception as e:  # wrong shapes or names: a different model than config.json says
+        raise UserError(f"{file}: does not match its config.json ({str(e).splitlines()[0]})") from None
+    return model.to(device), config
+
+
+def load_resume(path):
+    """The resume state saved with the checkpoint, or None. Never executes pickled code."""
+    file = os.path.join(path, "resume.pt")
+    if not os.path.isfile(file):
+        return None
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{file}: refused to load ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]})") from None
+
+
+def rng_state():
+    """Every RNG a run draws from: Python's, torch's CPU and CUDA generators."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

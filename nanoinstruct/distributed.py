@@ -1,0 +1,74 @@
+"""Distributed setup shared by the three stage scripts.
+
+One process: `python train_x.py ...`. Several: `torchrun --nproc_per_node=N train_x.py ...`,
+which sets RANK, LOCAL_RANK and WORLD_SIZE; we then join the process group (NCCL on CUDA,
+gloo on CPU) and the script wraps its model in DistributedDataParallel. Rank 0 alone logs
+and saves; `print0` is the logging call.
+
+Seen on small CPU machines: a gloo rank can abort at interpreter exit ("terminate called
+without an active exception", SIGABRT) when the process group is torn down under load.
+`finish()` destroys the group explicitly and leaves with os._exit, which avoids it.
+"""
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+
+    @property
+    def ddp(self):
+        return self.world_size > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def setup(device="auto"):
+    """Join torchrun's process group if there is one. device: auto | cpu | cuda."""
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        d = Dist(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]),
+                 int(os.environ["WORLD_SIZE"]))
+        if use_cuda:
+            d.device = f"cuda:{d.local_rank}"
+            torch.cuda.set_device(d.device)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        return d
+    return Dist(device="cuda" if use_cuda else "cpu")
+
+
+def print0(d, *args, **kwargs):
+    if d.is_main:
+        print(*args, **kwargs, flush=True)
+
+
+def all_mean(d, x):
+    """Mean of a float (or tensor) over ranks; identity in one process."""
+    if not d.ddp:
+        return x
+    t = torch.as_tensor(x, dtype=torch.float64, device=d.device).clone()
+    dist.all_reduce(t)
+    t /= d.world_size
+    return t.item() if t.ndim == 0 else t
+
+
+def finish(d, code=0):
+    """Leave cleanly: under DDP, tear the group down and exit without interpreter shutdown."""
+    if not d.ddp:
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

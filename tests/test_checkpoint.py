@@ -1,0 +1,139 @@
+"""Checkpoints: round trip, resume state, refusing pickles, atomic replacement."""
+
+import os
+import pickle
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nanoinstruct import checkpoint
+from nanoinstruct.cli import UserError
+from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
+
+CFG = GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=64, block_size=16)
+
+
+@pytest.mark.parametrize("cls", [GPT, ScalarGPT])
+def test_round_trip(tmp_path, cls):
+    torch.manual_seed(0)
+    m = cls(CFG)
+    path = str(tmp_path / "ckpt")
+    checkpoint.save(path, m, {"tokenizer": "bytes", "run": {"lr": 3e-4}})
+    back, config = checkpoint.load(path)
+    assert type(back) is cls and config["run"] == {"lr": 3e-4} and config["tokenizer"] == "bytes"
+    assert back.config == CFG
+    for (k, a), b in zip(m.state_dict().items(), back.state_dict().values()):
+        assert torch.equal(a, b), k
+    gpt = back if cls is GPT else back.gpt
+    assert gpt.lm_head.weight is gpt.transformer.wte.weight        # still tied
+    assert checkpoint.load_resume(path) is None
+
+
+def test_resume_state_round_trip(tmp_path):
+    torch.manual_seed(0)
+    m = GPT(CFG)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    m(torch.randint(0, 64, (2, 8))).sum().backward()
+    opt.step()
+    random.seed(1)
+    torch.manual_seed(2)
+    state = {"optimizer": opt.state_dict(), "rng": checkpoint.rng_state(), "step": 7,
+             "data": {"epoch": 1, "index": 12}}
+    checkpoint.save(str(tmp_path / "c"), m, {}, resume=state)
+    expected = (random.random(), torch.rand(3))
+    random.seed(99)
+    torch.manual_seed(99)
+    back = checkpoint.load_resume(str(tmp_path / "c"))
+    checkpoint.set_rng_state(back["rng"])
+    assert (random.random(), torch.rand(3))[0] == expected[0]
+    torch.manual_seed(99)
+    checkpoint.set_rng_state(back["rng"])
+    random.random()
+    assert torch.equal(torch.rand(3), expected[1])
+    assert back["step"] == 7 and back["data"] == {"epoch": 1, "index": 12}
+    opt2 = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    opt2.load_state_dict(back["optimizer"])
+    for s1, s2 in zip(opt.state.values(), opt2.state.values()):
+        assert torch.equal(s1["exp_avg_sq"], s2["exp_avg_sq"])
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {Exploit.marker}",))
+
+
+@pytest.mark.parametrize("how", ["torch.save", "bare pickle"])
+def test_crafted_pickle_is_refused(tmp_path, how):
+    path = tmp_path / "c"
+    checkpoint.save(str(path), GPT(CFG), {})
+    Exploit.marker = str(tmp_path / "pwned")
+    if how == "torch.save":                                   # what a poisoned download holds
+        torch.save({"step": Exploit()}, path / "resume.pt")
+    else:
+        with open(path / "resume.pt", "wb") as f:
+            pickle.dump({"step": Exploit()}, f, protocol=2)
+    with pytest.raises(UserError, match="resume.pt: refused"):
+        checkpoint.load_resume(str(path))
+    assert not os.path.exists(Exploit.marker)
+    with open(path / "resume.pt", "rb") as f:                 # the file would have run it
+        pickle.load(f) if how == "bare pickle" else torch.load(f, weights_only=False)
+    assert os.path.exists(Exploit.marker)
+
+
+def test_killed_save_keeps_previous(tmp_path):
+    path = str(tmp_path / "c")
+    checkpoint.save(path, GPT(CFG), {"step": 1})
+    with pytest.raises(RuntimeError):
+        with checkpoint.atomic_dir(path) as tmp:
+            open(os.path.join(tmp, "model.safetensors"), "wb").write(b"half")
+            raise RuntimeError("killed")
+    assert checkpoint.read_config(path)["step"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["c"]          # no temporary left behind
+
+
+def test_save_killed_by_sigkill_keeps_previous(tmp_path):
+    path = str(tmp_path / "c")
+    checkpoint.save(path, GPT(CFG), {"step": 1})
+    code = ("import os, sys, torch; from nanoinstruct import checkpoint, model\n"
+            "orig = torch.save\n"
+            "def die(*a, **k): os.kill(os.getpid(), 9)\n"
+            "torch.save = die\n"
+            f"checkpoint.save({path!r}, model.GPT(model.GPTConfig(1,2,16,64,16)), {{'step': 2}}, resume={{}})\n")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == -9
+    m, config = checkpoint.load(path)
+    assert config["step"] == 1
+
+
+def test_interrupted_between_renames_recovers(tmp_path):
+    path = str(tmp_path / "c")
+    checkpoint.save(path, GPT(CFG), {"step": 1})
+    os.rename(path, path + ".old")                       # killed after the first rename
+    assert checkpoint.read_config(path)["step"] == 1      # load puts it back
+    checkpoint.save(path, GPT(CFG), {"step": 2})          # and a save replaces it
+    assert checkpoint.read_config(path)["step"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["c"]
+
+
+def test_bad_checkpoints(tmp_path):
+    with pytest.raises(UserError, match="not a checkpoint"):
+        checkpoint.load(str(tmp_path / "nope"))
+    path = tmp_path / "c"
+    checkpoint.save(str(path), GPT(CFG), {})
+    cfg = (path / "config.json").read_text().replace('"n_embd": 16', '"n_embd": 32')
+    (path / "config.json").write_text(cfg)
+    with pytest.raises(UserError, match="does not match its config.json"):
+        checkpoint.load(str(path))
+    (path / "config.json").write_text("{\n  oops")
+    with pytest.raises(UserError, match=r"config.json:2: not valid JSON"):
+        checkpoint.load(str(path))
+
+
+def test_user_error_exits_2_without_traceback(tmp_path):
+    code = ("from nanoinstruct.cli import cli_main; from nanoinstruct.checkpoint import load\n"
+            f"cli_main(load, {str(tmp_path / 'missing')!r})")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: ") and "missing: not a checkpoint" in r.stderr
