@@ -46,6 +46,18 @@ class GPTConfig:
     bias: bool = True      # biases in Linear and LayerNorm (GPT-2 has them)
 
 
+# Size presets (vocab_size comes from the tokenizer). "tiny" is the embedded default's
+# byte-level model, about 0.8M parameters; the gpt2* ones are GPT-2's published sizes.
+PRESETS = {
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=256),
+    "small": dict(n_layer=6, n_head=6, n_embd=192, block_size=256),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024),
+}
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -207,6 +219,7 @@ class GPT(nn.Module):
         and PAD are never sampled. temperature 0 is greedy.
         """
         B, P = prompt.shape
+        assert max_new_tokens >= 1
         if P + max_new_tokens > self.config.block_size:
             raise ValueError(f"prompt length {P} + max_new_tokens {max_new_tokens} exceeds "
                              f"block_size {self.config.block_size}")

@@ -21,7 +21,8 @@ def tiny(seed=0, **kw):
 
 def hf_tiny(seed=0):
     torch.manual_seed(seed)
-    c = transformers.GPT2Config(n_layer=2, n_head=4, n_embd=64, vocab_size=300, n_positions=64)
+    c = transformers.GPT2Config(n_layer=2, n_head=4, n_embd=64, vocab_size=300, n_positions=64,
+                                 bos_token_id=299, eos_token_id=299)
     m = transformers.GPT2LMHeadModel(c).eval()
     with torch.no_grad():  # HF zero-inits biases and LayerNorm: randomise everything
         for p in m.parameters():
