@@ -10,8 +10,9 @@
 
 Atomic writes: a checkpoint is written to a fresh temporary directory beside CKPT, which
 is renamed into place. Replacing an existing CKPT takes two renames (CKPT -> CKPT.old,
-tmp -> CKPT); at every instant one of CKPT or CKPT.old is a complete checkpoint, and the
-next save or load finishes the job. A run killed mid-save keeps its previous checkpoint.
+tmp -> CKPT); at every instant one of CKPT or CKPT.old is a complete checkpoint. Readers
+take CKPT.old while CKPT is missing; the next save finishes the job and clears temporaries.
+A run killed mid-save keeps its previous checkpoint.
 """
 
 import contextlib
@@ -19,7 +20,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -31,13 +31,25 @@ KINDS = {"gpt": GPT, "scalar": ScalarGPT}
 
 
 def _recover(path):
-    """Finish a replacement that was interrupted between its two renames."""
+    """Writer side: finish a replacement interrupted between its two renames, and remove
+    temporaries left by a killed save."""
     old = path + ".old"
     if os.path.isdir(old):
         if os.path.isdir(path):
             shutil.rmtree(old)            # killed after the swap: the old copy is stale
         else:
             os.rename(old, path)          # killed between the renames: put the old one back
+    parent, base = os.path.dirname(path) or ".", os.path.basename(path)
+    for name in os.listdir(parent):
+        if name.startswith(base + ".tmp-"):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def _readable(path):
+    """Reader side: the checkpoint at path, or CKPT.old while a save is between renames.
+    Readers never rename: a writer may be mid-save."""
+    path = os.path.normpath(path)
+    return path if os.path.isdir(path) or not os.path.isdir(path + ".old") else path + ".old"
 
 
 @contextlib.contextmanager
@@ -47,7 +59,8 @@ def atomic_dir(path):
     parent = os.path.dirname(path) or "."
     os.makedirs(parent, exist_ok=True)
     _recover(path)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    os.makedirs(tmp)                      # (not mkdtemp: that makes it 0700)
     try:
         yield tmp
         for name in os.listdir(tmp):      # data on disk before the rename makes it visible
@@ -64,7 +77,8 @@ def atomic_dir(path):
 
 def save(path, model, config, resume=None):
     """Write model + config (a JSON-able dict; "kind" and "model" are filled in) + resume."""
-    model = getattr(model, "module", model)   # unwrap DDP
+    model = getattr(model, "module", model)         # unwrap DDP
+    model = getattr(model, "_orig_mod", model)      # and torch.compile
     kind = {cls: k for k, cls in KINDS.items()}[type(model)]
     config = {**config, "kind": kind, "model": vars(model.config).copy()}
     with atomic_dir(path) as tmp:
@@ -76,7 +90,7 @@ def save(path, model, config, resume=None):
 
 
 def read_config(path):
-    _recover(os.path.normpath(path))
+    path = _readable(path)
     file = os.path.join(path, "config.json")
     if not os.path.isfile(file):
         raise UserError(f"{path}: not a checkpoint (no config.json)")
@@ -93,6 +107,7 @@ def read_config(path):
 def load(path, device="cpu"):
     """-> (model, config dict). The model class (GPT or ScalarGPT) comes from config["kind"]."""
     config = read_config(path)
+    path = _readable(path)
     model = KINDS[config["kind"]](config_from_dict(config["model"]))
     file = os.path.join(path, "model.safetensors")
     if not os.path.isfile(file):
@@ -106,7 +121,7 @@ def load(path, device="cpu"):
 
 def load_resume(path):
     """The resume state saved with the checkpoint, or None. Never executes pickled code."""
-    file = os.path.join(path, "resume.pt")
+    file = os.path.join(_readable(path), "resume.pt")
     if not os.path.isfile(file):
         return None
     try:

@@ -14,6 +14,7 @@ traceback. Bugs (any other exception) keep their traceback.
 import dataclasses
 import difflib
 import sys
+import typing
 
 
 class UserError(Exception):
@@ -32,8 +33,7 @@ def cli_main(main, *args, **kwargs):
         sys.exit(130)
 
 
-def _convert(flag, value, default):
-    kind = type(default)
+def _convert(flag, value, kind):
     if kind is bool:
         if value.lower() in ("1", "true", "yes", "on"):
             return True
@@ -53,14 +53,18 @@ def parse_flags(config_cls, argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
                 for f in dataclasses.fields(config_cls)}
-    if "-h" in argv or "--help" in argv:
-        print(f"flags (default):")
-        for name, value in defaults.items():
-            print(f"  --{name}={value}")
-        sys.exit(0)
+    kinds = {}  # the declared type, with Optional[X] read as X
+    for name, hint in typing.get_type_hints(config_cls).items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        kinds[name] = args[0] if args else hint
     values, i = {}, 0
     while i < len(argv):
         arg = argv[i]
+        if arg in ("-h", "--help"):
+            print("flags (default):")
+            for name, value in defaults.items():
+                print(f"  --{name}={value}")
+            sys.exit(0)
         if not arg.startswith("--"):
             raise UserError(f"unexpected argument {arg!r}: flags look like --name=value")
         name, eq, value = arg[2:].partition("=")
@@ -72,12 +76,12 @@ def parse_flags(config_cls, argv=None):
                                                        f"; see --help"))
         if not eq:  # --name value, or a bare boolean --name
             nxt = argv[i + 1] if i + 1 < len(argv) else None
-            if isinstance(defaults[name], bool) and (nxt is None or nxt.startswith("--")):
+            if kinds[name] is bool and (nxt is None or nxt.startswith("--")):
                 value = "true"
             elif nxt is None:
                 raise UserError(f"{flag}: needs a value")
             else:
                 value, i = nxt, i + 1
-        values[name] = _convert(flag, value, defaults[name])
+        values[name] = _convert(flag, value, kinds[name])
         i += 1
     return config_cls(**{**defaults, **values})

@@ -219,11 +219,18 @@ class GPT(nn.Module):
         and PAD are never sampled. temperature 0 is greedy.
         """
         B, P = prompt.shape
-        assert max_new_tokens >= 1
+        if max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"need max_new_tokens >= 1, temperature >= 0 and 0 < top_p <= 1; "
+                             f"got {max_new_tokens}, {temperature}, {top_p}")
+        if pad_id >= self.config.vocab_size:
+            raise ValueError(f"PAD id {pad_id} has no embedding row (vocab_size "
+                             f"{self.config.vocab_size}): grow it with pad_vocab / from_hf(vocab_size=...)")
         if P + max_new_tokens > self.config.block_size:
             raise ValueError(f"prompt length {P} + max_new_tokens {max_new_tokens} exceeds "
                              f"block_size {self.config.block_size}")
         n_vocab = n_vocab or self.config.vocab_size
+        was_training = self.training
+        self.eval()  # no dropout while sampling
         cache = KVCache(self.config.n_layer, P + max_new_tokens)
         mask = prompt_mask.long()
         logits = self(prompt, mask, cache)[:, -1]                       # (B, V)
@@ -238,6 +245,7 @@ class GPT(nn.Module):
             # finished rows keep stepping (batched), fed PAD; their outputs are discarded
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             logits = self(out[:, t:t + 1], mask, cache)[:, -1]
+        self.train(was_training)
         out = out[:, :t + 1]
         is_eos = (out == eos_id).long()
         after_eos = (is_eos.cumsum(1) - is_eos) > 0                     # strictly after EOS
@@ -267,7 +275,7 @@ class GPT(nn.Module):
         unsupported = {"activation_function": ("gelu_new", "gelu_pytorch_tanh"),
                        "scale_attn_weights": (True,), "scale_attn_by_inverse_layer_idx": (False,),
                        "reorder_and_upcast_attn": (False,), "layer_norm_epsilon": (1e-5,),
-                       "n_inner": (None, 4 * hf.get("n_embd", 0))}
+                       "n_inner": (None, 4 * hf.get("n_embd", 0)), "tie_word_embeddings": (True,)}
         for key, ok in unsupported.items():
             if key in hf and hf[key] not in ok:
                 raise UserError(f"{cfg_path}: {key}={hf[key]!r} is not GPT-2 as model.py builds it")
@@ -341,6 +349,7 @@ def sample_token(logits, temperature, top_k, top_p, n_vocab, pad_id, generator=N
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
         drop = probs.cumsum(-1) - probs >= top_p          # mass before this token already >= p
+        drop[:, 0] = False                                # the top token always stays
         sorted_logits = sorted_logits.masked_fill(drop, -float("inf"))
         logits = torch.full_like(logits, -float("inf")).scatter(-1, order, sorted_logits)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
@@ -367,8 +376,13 @@ class ScalarGPT(nn.Module):
         return model.to(next(gpt.parameters()).device)
 
     def forward(self, idx, attention_mask=None):
-        """idx (B, T) -> one scalar per position (B, T), float32."""
-        return self.head(self.gpt.hidden(idx, attention_mask)).squeeze(-1).float()
+        """idx (B, T) -> one scalar per position (B, T), float32.
+
+        The head runs in fp32 even under bf16 autocast: bf16 would round a reward of 5
+        to the nearest 1/32, noise that goes straight into ranking margins and GAE."""
+        h = self.gpt.hidden(idx, attention_mask)
+        with torch.autocast(h.device.type, enabled=False):
+            return self.head(h.float()).squeeze(-1)
 
     def score(self, idx, attention_mask):
         """The reward of each sequence, read at its last real token: (B,)."""

@@ -48,6 +48,8 @@ class Tokenizer:
         self.eos_id = specials[EOS]
         self.pad_id = specials[PAD]
         self.n_vocab = enc.n_vocab                  # real ids are 0 .. n_vocab-1; the model may pad
+        # some encodings (cl100k, o200k) leave gaps below n_vocab; decode skips them
+        self.valid = set(enc._mergeable_ranks.values()) | set(specials.values())
         assert self.eos_id != self.pad_id
 
     def encode(self, text):
@@ -55,7 +57,8 @@ class Tokenizer:
         return self.enc.encode_ordinary(text)
 
     def decode(self, ids):
-        return self.enc.decode([i for i in ids if i != self.pad_id], errors="replace")
+        return self.enc.decode([i for i in ids if i != self.pad_id and i in self.valid],
+                               errors="replace")
 
     def encode_prompt(self, prompt):
         return self.encode(PROMPT_TEMPLATE.format(prompt=prompt))

@@ -43,16 +43,12 @@ def test_resume_state_round_trip(tmp_path):
     state = {"optimizer": opt.state_dict(), "rng": checkpoint.rng_state(), "step": 7,
              "data": {"epoch": 1, "index": 12}}
     checkpoint.save(str(tmp_path / "c"), m, {}, resume=state)
-    expected = (random.random(), torch.rand(3))
+    expected_py, expected_torch = random.random(), torch.rand(3)
     random.seed(99)
     torch.manual_seed(99)
     back = checkpoint.load_resume(str(tmp_path / "c"))
     checkpoint.set_rng_state(back["rng"])
-    assert (random.random(), torch.rand(3))[0] == expected[0]
-    torch.manual_seed(99)
-    checkpoint.set_rng_state(back["rng"])
-    random.random()
-    assert torch.equal(torch.rand(3), expected[1])
+    assert random.random() == expected_py and torch.equal(torch.rand(3), expected_torch)
     assert back["step"] == 7 and back["data"] == {"epoch": 1, "index": 12}
     opt2 = torch.optim.AdamW(m.parameters(), lr=1e-3)
     opt2.load_state_dict(back["optimizer"])
@@ -105,13 +101,17 @@ def test_save_killed_by_sigkill_keeps_previous(tmp_path):
     assert subprocess.run([sys.executable, "-c", code]).returncode == -9
     m, config = checkpoint.load(path)
     assert config["step"] == 1
+    checkpoint.save(path, m, {"step": 3})                 # the next save clears the temporary
+    assert sorted(os.listdir(tmp_path)) == ["c"]
 
 
 def test_interrupted_between_renames_recovers(tmp_path):
     path = str(tmp_path / "c")
     checkpoint.save(path, GPT(CFG), {"step": 1})
     os.rename(path, path + ".old")                       # killed after the first rename
-    assert checkpoint.read_config(path)["step"] == 1      # load puts it back
+    assert checkpoint.read_config(path)["step"] == 1      # readers take the old copy ...
+    assert checkpoint.load(path)[1]["step"] == 1
+    assert os.path.isdir(path + ".old")                   # ... without renaming anything
     checkpoint.save(path, GPT(CFG), {"step": 2})          # and a save replaces it
     assert checkpoint.read_config(path)["step"] == 2
     assert sorted(os.listdir(tmp_path)) == ["c"]

@@ -14,6 +14,8 @@ class Config:
     out_dir: str = "out/x"
     init: str = None
     compile: bool = False
+    kl_coef: float = 0          # an int default on a float field
+    max_steps: int = None       # Optional
 
 
 def test_defaults_and_overrides():
@@ -21,6 +23,8 @@ def test_defaults_and_overrides():
     c = parse_flags(Config, ["--lr=1e-3", "--max-iters", "5", "--init=a/b", "--compile"])
     assert (c.lr, c.max_iters, c.init, c.compile, c.out_dir) == (1e-3, 5, "a/b", True, "out/x")
     assert parse_flags(Config, ["--compile=false", "--out_dir", "y"]).compile is False
+    c = parse_flags(Config, ["--kl_coef=0.1", "--max_steps", "5", "--init", "-h", "--lr", "-1"])
+    assert (c.kl_coef, c.max_steps, c.init, c.lr) == (0.1, 5, "-h", -1.0)   # declared types
 
 
 @pytest.mark.parametrize("argv, msg", [

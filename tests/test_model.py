@@ -120,8 +120,12 @@ def test_greedy_generate_equals_recompute():
     m = tiny(3)
     seqs = [torch.randint(0, 256, (n,)) for n in (3, 11, 7)]
     ids, mask = left_pad(seqs)
-    eos, pad = 256, 257
+    pad = 257
+    first, _ = m.generate(ids, mask, 25, eos_id=-1, pad_id=pad, n_vocab=258, temperature=0)
+    eos = first[1, 4].item()     # a token row 1 emits greedily: rows now stop at different steps
     out, rmask = m.generate(ids, mask, 25, eos_id=eos, pad_id=pad, n_vocab=258, temperature=0)
+    lengths = rmask.sum(1)
+    assert lengths[1] <= 5 and lengths.max() > lengths.min()
     for b, s in enumerate(seqs):     # recompute the whole sequence each step, no cache, no padding
         seq = s.clone()
         for t in range(out.shape[1]):
@@ -207,6 +211,40 @@ def test_dropout_only_in_training():
     assert not torch.equal(m(x), m(x))
     m.eval()
     assert torch.equal(m(x), m(x))
+
+
+def test_bf16_autocast_scalar_head_in_fp32_and_sampling():
+    torch.manual_seed(0)
+    rm = ScalarGPT(GPTConfig(**CFG)).eval()
+    ids = torch.randint(0, 300, (2, 12))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        values = rm(ids)
+        h = rm.gpt.hidden(ids)
+    assert values.dtype == torch.float32
+    with torch.no_grad():   # the head ran in fp32: bf16 would be off by ~1e-2 here
+        assert torch.allclose(values, rm.head(h.float()).squeeze(-1), atol=1e-6)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, rmask = tiny().generate(ids[:, :5], torch.ones(2, 5), 8, 1, 2, n_vocab=290)
+    assert out.max() < 290 and (out[rmask.bool()] != 2).all()
+
+
+def test_generate_rejects_bad_settings():
+    m = tiny()
+    x = torch.zeros(1, 4, dtype=torch.long)
+    for kw in (dict(top_p=0.0), dict(temperature=-1.0)):
+        with pytest.raises(ValueError, match="top_p"):
+            m.generate(x, torch.ones(1, 4), 3, 1, 2, **kw)
+    with pytest.raises(ValueError, match="PAD id 300 has no embedding row"):
+        m.generate(x, torch.ones(1, 4), 3, 1, 300)
+
+
+def test_from_hf_refuses_untied(tmp_path):
+    hf = hf_tiny()
+    hf.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": False}))
+    with pytest.raises(UserError, match="tie_word_embeddings"):
+        GPT.from_hf(str(tmp_path))
 
 
 def test_block_size_enforced():
