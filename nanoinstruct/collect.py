@@ -1,0 +1,131 @@
+"""Labeling, the paper's data step for the reward model: sample K responses per prompt
+from a policy and have a labeler rank them, best to worst.
+
+    python -m nanoinstruct.collect --policy=out/sft --prompts=data/world/rm_prompts.jsonl \\
+        --k=4 --labeler=train --out=data/world/comparisons.jsonl
+
+Labelers: `train` and `heldout` are the world's programs (they need the world's prompt
+metadata); `human` shows a person the prompt and the K responses in the terminal and reads
+a ranking such as `2 1 4 3` (best first), asking again on invalid input.
+
+Each ranking is appended to --out as soon as it is made (comparisons format, data.py), so
+Ctrl-C loses nothing, and a rerun with the same --out resumes after the prompts already
+there. With a world labeler, the agreement of the two world labelers on all pairs of the
+collected responses is reported at the end: the ceiling a reward model's accuracy should
+be read against (the paper: 72.6 % between training labelers).
+"""
+
+import itertools
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from nanoinstruct import checkpoint, data
+from nanoinstruct.cli import UserError, cli_main, parse_flags
+from nanoinstruct.model import GPT
+from nanoinstruct.tokenizer import get_tokenizer
+from nanoinstruct.world import LABELERS
+
+
+@dataclass
+class Config:
+    policy: str = ""              # checkpoint to sample from (e.g. out/sft)
+    prompts: str = ""             # prompts JSONL
+    out: str = ""                 # comparisons JSONL, appended to (a rerun resumes)
+    k: int = 4                    # responses per prompt (the paper: 4 to 9)
+    labeler: str = "train"        # train | heldout | human
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    batch_size: int = 32          # prompts sampled together (x k rows)
+    limit: int = 0                # label at most this many prompts (0: all)
+    seed: int = 0
+    device: str = "cpu"
+
+
+def ask_human(rec, responses, stdin=sys.stdin):
+    """Show the prompt and responses; read a ranking (1-based, best first). None at EOF."""
+    k = len(responses)
+    print(f"\n=== {rec['prompt']}")
+    for i, y in enumerate(responses, 1):
+        print(f"  [{i}] {y!r}")
+    while True:
+        print(f"rank all {k} (best first, e.g. {' '.join(map(str, range(1, k + 1)))}): ", end="", flush=True)
+        line = stdin.readline()
+        if not line:
+            return None
+        try:
+            ranking = [int(t) - 1 for t in line.replace(",", " ").split()]
+        except ValueError:
+            ranking = []
+        if sorted(ranking) == list(range(k)):
+            return ranking
+        print(f"  not a ranking of 1..{k}; try again")
+
+
+def pair_agreement(comparisons, a, b):
+    """Fraction of response pairs on which labelers a and b order the pair the same way."""
+    agree = n = 0
+    for c in comparisons:
+        ra, rb = a.rank(c, c["responses"]), b.rank(c, c["responses"])
+        pa, pb = {y: i for i, y in enumerate(ra)}, {y: i for i, y in enumerate(rb)}
+        for i, j in itertools.combinations(range(len(ra)), 2):
+            agree += (pa[i] < pa[j]) == (pb[i] < pb[j])
+            n += 1
+    return agree / max(n, 1), n
+
+
+@torch.no_grad()
+def main():
+    cfg = parse_flags(Config)
+    for flag in ("policy", "prompts", "out"):
+        if not getattr(cfg, flag):
+            raise UserError(f"--{flag} is required")
+    if cfg.labeler not in (*LABELERS, "human"):
+        raise UserError(f"--labeler={cfg.labeler!r}: choose train, heldout or human")
+    if cfg.k < 2:
+        raise UserError(f"--k={cfg.k}: a ranking needs at least 2 responses")
+    policy, meta = checkpoint.load(cfg.policy, cfg.device)
+    if not isinstance(policy, GPT):
+        raise UserError(f"--policy={cfg.policy}: a {meta['kind']} checkpoint cannot generate")
+    policy.eval()
+    tok = get_tokenizer(meta.get("tokenizer", "bytes"))
+    prompts = data.read_prompts(cfg.prompts)
+    if cfg.labeler != "human" and "family" not in prompts[0]:
+        raise UserError(f"{cfg.prompts}: the {cfg.labeler} labeler needs the world's prompt "
+                        f"metadata (family, answer); use --labeler=human for other prompts")
+    prompts = data.fit_prompts(prompts, tok, policy.config.block_size - cfg.max_new_tokens, cfg.prompts)
+    done = data.read_comparisons(cfg.out) if os.path.exists(cfg.out) and os.path.getsize(cfg.out) else []
+    seen = {c["prompt"] for c in done}
+    todo = [p for p in prompts if p["prompt"] not in seen]
+    if cfg.limit:
+        todo = todo[:max(0, cfg.limit - len(done))]
+    print(f"{cfg.out}: {len(done)} prompts already labeled, {len(todo)} to go", file=sys.stderr)
+    labeler = LABELERS.get(cfg.labeler)
+    for start in range(0, len(todo), cfg.batch_size):
+        batch = todo[start:start + cfg.batch_size]
+        ids, mask = data.left_pad([tok.encode_prompt(p["prompt"]) for p in batch for _ in range(cfg.k)],
+                                  tok.pad_id)
+        g = torch.Generator(cfg.device).manual_seed(cfg.seed * 1_000_003 + len(done) + start)
+        out, _ = policy.generate(ids.to(cfg.device), mask.to(cfg.device), cfg.max_new_tokens,
+                                 tok.eos_id, tok.pad_id, tok.n_vocab, cfg.temperature, generator=g)
+        texts = [tok.decode_response(row) for row in out.tolist()]
+        for i, rec in enumerate(batch):
+            responses = texts[i * cfg.k:(i + 1) * cfg.k]
+            ranking = labeler.rank(rec, responses) if labeler else ask_human(rec, responses)
+            if ranking is None:  # end of input: stop, keeping what is labeled
+                print(f"\nstopped: {len(done)} labeled; rerun the same command to resume",
+                      file=sys.stderr)
+                return
+            c = {**rec, "responses": responses, "ranking": ranking, "labeler": cfg.labeler}
+            data.append_jsonl(cfg.out, c)
+            done.append(c)
+    print(f"{cfg.out}: {len(done)} comparisons (k={cfg.k})", file=sys.stderr)
+    if labeler and done:
+        frac, n = pair_agreement(done, LABELERS["train"], LABELERS["heldout"])
+        print(f"labeler agreement (train vs heldout) on {n} pairs: {100 * frac:.1f}%")
+
+
+if __name__ == "__main__":
+    cli_main(main)
