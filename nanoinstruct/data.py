@@ -66,10 +66,10 @@ def _kind(v):
     return KINDS.get(type(v), type(v).__name__)
 
 
-def _string(field, v):
+def _string(field, v, empty_ok=False):
     if not isinstance(v, str):
         raise Bad(field, f"expected a string, got {_kind(v)}")
-    if not v.strip():
+    if not v.strip() and not empty_ok:
         raise Bad(field, "empty string")
 
 
@@ -109,8 +109,8 @@ def check_comparison(r):
     K = len(responses)
     if K < 2:
         raise Bad("responses", f"needs at least 2 responses to rank, got {K}")
-    for i, s in enumerate(responses):
-        _string(f"responses[{i}]", s)
+    for i, s in enumerate(responses):  # a sampled response may be empty (EOS at once): still ranked
+        _string(f"responses[{i}]", s, empty_ok=True)
     if "ranking" not in r:
         raise Bad("ranking", "missing")
     ranking = r["ranking"]
