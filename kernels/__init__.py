@@ -34,7 +34,8 @@ def jit(fn):
     return triton.jit(fn) if triton is not None else fn
 
 
-from . import gae as _gae, kl as _kl, logprob as _logprob  # noqa: E402  (they use jit and tl)
+# (they use jit and tl.) Note kernels.gae is the function below; its file is kernels._gae.
+from . import gae as _gae, kl as _kl, logprob as _logprob  # noqa: E402
 
 KL_KINDS = ("k1", "k2", "k3")
 
