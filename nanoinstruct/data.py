@@ -283,6 +283,13 @@ def pack_pairs(tok, prompts, responses):
     return Pairs(ids, attention_mask, r_mask.float(), p_ids.shape[1])
 
 
+def sft_example(tok, prompt, response):
+    """One demonstration -> ids (L+1,) long, loss mask (L,) float for inputs ids[:-1] and
+    targets ids[1:]: 1 on the targets that are response tokens or EOS, 0 on prompt targets."""
+    p, y = tok.encode_prompt(prompt), tok.encode_response(response)
+    return torch.tensor(p + y), torch.tensor([0.0] * (len(p) - 1) + [1.0] * len(y))
+
+
 def pack_documents(tok, texts, block_size):
     """Pretraining rows: LongTensor (N, block_size+1); x = row[:-1], y = row[1:].
 

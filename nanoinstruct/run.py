@@ -1,0 +1,117 @@
+"""A training run's machinery, shared by the three stage scripts: where the model starts,
+the optimizer and its schedule, the out dir and its metrics log.
+
+The scripts stay linear loops (nanoGPT's train.py, cleanrl's ppo.py); this file holds only
+what would otherwise be written three times.
+"""
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+
+import torch
+
+from nanoinstruct import checkpoint
+from nanoinstruct.cli import UserError
+from nanoinstruct.model import GPT, PRESETS, GPTConfig
+from nanoinstruct.tokenizer import get_tokenizer
+
+CKPT = "ckpt"  # the checkpoint's directory inside an out dir
+
+
+def ckpt_path(path):
+    """An out dir (holding ckpt/) or a checkpoint directory itself -> the checkpoint dir."""
+    inner = os.path.join(path, CKPT)
+    return inner if os.path.isdir(inner) or os.path.isdir(inner + ".old") else path
+
+
+def init_gpt(spec, tokenizer, dropout, block_size=None):
+    """Where a GPT starts: a preset name, a nanoinstruct checkpoint (or out dir), or a
+    Hugging Face GPT-2 directory. -> (model, tokenizer). A checkpoint keeps its own
+    tokenizer; a preset or HF model uses `tokenizer` (the embedding is grown to hold PAD,
+    rounded up to a multiple of 64)."""
+    if spec in PRESETS:
+        tok = get_tokenizer(tokenizer)
+        cfg = {**PRESETS[spec], **({"block_size": block_size} if block_size else {})}
+        return GPT(GPTConfig(**cfg, vocab_size=64 * math.ceil(tok.n_vocab / 64), dropout=dropout)), tok
+    if not os.path.isdir(spec):
+        raise UserError(f"--init={spec}: not a preset ({', '.join(PRESETS)}) nor a directory")
+    hf_config = os.path.join(spec, "config.json")
+    if os.path.isfile(hf_config) and "model_type" in json.load(open(hf_config)):
+        tok = get_tokenizer(tokenizer)
+        model = GPT.from_hf(spec, dropout=dropout, vocab_size=64 * math.ceil(tok.n_vocab / 64))
+        return model, tok
+    model, meta = checkpoint.load(ckpt_path(spec))
+    if not isinstance(model, GPT):
+        raise UserError(f"--init={spec}: a {meta['kind']} checkpoint, not a language model")
+    fresh = GPT(dataclasses.replace(model.config, dropout=dropout))  # dropout: this run's
+    fresh.load_state_dict(model.state_dict())
+    return fresh, get_tokenizer(meta.get("tokenizer", "bytes"))
+
+
+def prepare_out_dir(out_dir, resume, overwrite, is_main=True):
+    """A new run never writes over an existing checkpoint unless told to. Every rank
+    checks (so all of them stop on a mistake); rank 0 alone creates and writes."""
+    ckpt = os.path.join(out_dir, CKPT)
+    exists = os.path.isdir(ckpt) or os.path.isdir(ckpt + ".old")
+    if resume and not exists:
+        raise UserError(f"--resume: {out_dir} has no checkpoint to resume")
+    if exists and not (resume or overwrite):
+        raise UserError(f"--out_dir={out_dir} already holds a checkpoint; pass --resume to "
+                        f"continue it or --overwrite to start over")
+    if is_main:
+        os.makedirs(out_dir, exist_ok=True)
+        if not resume:  # a fresh run starts a fresh log
+            open(os.path.join(out_dir, "metrics.jsonl"), "w").close()
+    return ckpt
+
+
+def log_metrics(out_dir, row):
+    with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def make_optimizer(model, lr, weight_decay, betas):
+    """AdamW; weight decay on matrices only (not biases, LayerNorm or the scalar bias)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)
+
+
+def lr_at(it, lr, min_lr, warmup, total):
+    """Linear warmup for `warmup` steps, then cosine decay to min_lr at `total`."""
+    if it < warmup:
+        return lr * (it + 1) / warmup
+    frac = min(1.0, (it - warmup) / max(1, total - warmup))
+    return min_lr + 0.5 * (1 + math.cos(math.pi * frac)) * (lr - min_lr)
+
+
+def autocast(device):
+    """bf16 autocast on CUDA; full precision on CPU (bit-exact resume, simple tests)."""
+    if str(device).startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def check_finite(loss, what, it, ckpt):
+    if not torch.isfinite(loss):
+        raise UserError(f"{what} is {loss.item()} at iteration {it}; stopped. The last good "
+                        f"checkpoint is {ckpt} (untouched)")
+
+
+class Timer:
+    def __init__(self):
+        self.t0 = self.last = time.perf_counter()
+
+    def lap(self):
+        now = time.perf_counter()
+        dt, self.last = now - self.last, now
+        return dt
+
+    def elapsed(self):
+        return time.perf_counter() - self.t0

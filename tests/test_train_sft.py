@@ -1,0 +1,151 @@
+"""train_sft.py: loss falls, prompt masking, bit-exact resume, DDP = one process, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train_sft
+from nanoinstruct import data
+from nanoinstruct.losses import lm_nll_sum
+from nanoinstruct.model import GPT, GPTConfig
+from nanoinstruct.tokenizer import get_tokenizer
+from nanoinstruct.world import build
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = dict(sft=64, sft_val=8, rm=1, rm_val=1, ppo=1, eval=1)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    d = tmp_path_factory.mktemp("world")
+    for name, recs in build(0, corpus_docs=120, sizes=SMALL).items():
+        data.write_jsonl(str(d / name), recs)
+    return d
+
+
+def flags(world, out, *extra, mode="pretrain"):
+    files = ("corpus.jsonl", "corpus_heldout.jsonl") if mode == "pretrain" else ("sft.jsonl", "sft_val.jsonl")
+    return [f"--mode={mode}", "--init=tiny", "--block_size=64", f"--data={world / files[0]}",
+            f"--val_data={world / files[1]}", f"--out_dir={out}", "--batch_size=8", "--threads=1",
+            "--log_interval=1", "--eval_batches=2", *extra]
+
+
+def metrics(out):
+    return [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+
+
+def test_pretrain_then_sft_loss_falls(world, tmp_path):
+    train_sft.main(flags(world, tmp_path / "base", "--max_iters=30", "--eval_interval=30",
+                         "--warmup_iters=5", "--dropout=0"))
+    rows = [r for r in metrics(tmp_path / "base") if "loss" in r]
+    assert rows[-1]["loss"] < rows[0]["loss"] - 1.0, (rows[0], rows[-1])
+    train_sft.main(flags(world, tmp_path / "sft", "--max_iters=20", "--eval_interval=20",
+                         f"--init={tmp_path / 'base'}", mode="sft"))
+    rows = [r for r in metrics(tmp_path / "sft") if "loss" in r]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    cfg = json.load(open(tmp_path / "sft" / "ckpt" / "config.json"))
+    assert cfg["run"]["mode"] == "sft" and cfg["iter"] == 20 and cfg["tokenizer"] == "bytes"
+
+
+def test_prompt_targets_carry_no_loss():
+    tok = get_tokenizer()
+    ids, mask = data.sft_example(tok, "Add 2 and 3.", "5")
+    P = len(tok.encode_prompt("Add 2 and 3."))
+    assert mask.tolist() == [0.0] * (P - 1) + [1.0, 1.0, 1.0]     # " ", "5", EOS
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(1, 2, 32, 320, 64)).eval()
+    x, y = ids[None, :-1], ids[None, 1:]
+    with torch.no_grad():
+        logits = model(x)
+    base = lm_nll_sum(logits, y, mask[None])
+    y2 = y.clone()
+    y2[0, 3] = (y2[0, 3] + 1) % 256                              # a prompt token's target
+    assert lm_nll_sum(logits, y2, mask[None]) == base
+    y3 = y.clone()
+    y3[0, -2] = (y3[0, -2] + 1) % 256                            # a response token's target
+    assert lm_nll_sum(logits, y3, mask[None]) != base
+
+
+def test_resume_is_bit_identical(world, tmp_path, monkeypatch):
+    args = ["--max_iters=6", "--eval_interval=3", "--dropout=0.1", "--warmup_iters=2"]
+    train_sft.main(flags(world, tmp_path / "a", *args, mode="sft"))
+    step, calls = torch.optim.AdamW.step, [0]
+
+    def dies_at_5(self, *a, **k):                               # killed during the 5th step
+        calls[0] += 1
+        if calls[0] == 5:
+            raise KeyboardInterrupt
+        return step(self, *a, **k)
+    monkeypatch.setattr(torch.optim.AdamW, "step", dies_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft.main(flags(world, tmp_path / "b", *args, mode="sft"))
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    assert json.load(open(tmp_path / "b" / "ckpt" / "config.json"))["iter"] == 3
+    train_sft.main(flags(world, tmp_path / "b", *args, "--resume", mode="sft"))
+    a = load_file(str(tmp_path / "a" / "ckpt" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "ckpt" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    la = [(r["iter"], r["loss"]) for r in metrics(tmp_path / "a") if "loss" in r]
+    lb = [(r["iter"], r["loss"]) for r in metrics(tmp_path / "b") if "loss" in r]
+    assert [i for i, _ in lb] == [1, 2, 3, 4, 4, 5, 6]         # killed in step 5; redone from 3
+    assert la == lb[:4] + lb[5:] and la[3] == lb[4]
+
+
+def test_ddp_two_processes_equal_one(world, tmp_path):
+    common = ["--max_iters=3", "--eval_interval=3", "--dropout=0", "--warmup_iters=1"]
+    one = subprocess.run([sys.executable, "train_sft.py", *flags(world, tmp_path / "one", *common,
+                          "--batch_size=4", mode="sft")], cwd=ROOT, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", "train_sft.py",
+                          *flags(world, tmp_path / "two", *common, "--batch_size=2", mode="sft")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = load_file(str(tmp_path / "one" / "ckpt" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "ckpt" / "model.safetensors"))
+    err = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert err < 1e-5, err
+    assert two.stdout.count("iter 3: loss") == 1 and two.stdout.count("done:") == 1  # rank 0 logs
+
+
+def run_script(*argv):
+    return subprocess.run([sys.executable, "train_sft.py", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_bad_input_is_one_line_and_touches_nothing(world, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
+    r = run_script(*flags(world, tmp_path / "x", "--max_iters=1", mode="sft"), f"--data={bad}")
+    assert r.returncode == 2 and f"{bad}:2: response: missing" in r.stderr and "Traceback" not in r.stderr
+    r = run_script("--max_itres=3")
+    assert r.returncode == 2 and "--max_itres: unknown flag; did you mean --max_iters?" in r.stderr
+    r = run_script(*flags(world, tmp_path / "x", mode="sft"), "--mode=rlhf")
+    assert r.returncode == 2 and "--mode='rlhf'" in r.stderr
+    r = run_script(*flags(world, tmp_path / "x", mode="sft"), f"--init={tmp_path / 'nope'}")
+    assert r.returncode == 2 and "nope: not a preset" in r.stderr
+    out = tmp_path / "done"
+    assert run_script(*flags(world, out, "--max_iters=1", mode="sft")).returncode == 0
+    before = (out / "ckpt" / "model.safetensors").read_bytes()
+    r = run_script(*flags(world, out, "--max_iters=1", mode="sft"))      # forgot --resume
+    assert r.returncode == 2 and "already holds a checkpoint" in r.stderr
+    assert (out / "ckpt" / "model.safetensors").read_bytes() == before
+    assert len(metrics(out)) > 0                                          # log kept too
+    r = run_script(*flags(world, tmp_path / "fresh", mode="sft"), "--resume")
+    assert r.returncode == 2 and "no checkpoint to resume" in r.stderr
+
+
+def test_init_from_hf_directory(world, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    c = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=300, n_positions=64,
+                                bos_token_id=0, eos_token_id=0)
+    transformers.GPT2LMHeadModel(c).save_pretrained(tmp_path / "hf")
+    train_sft.main(flags(world, tmp_path / "o", "--max_iters=2", mode="sft") + [f"--init={tmp_path / 'hf'}"])
+    cfg = json.load(open(tmp_path / "o" / "ckpt" / "config.json"))
+    assert cfg["model"]["vocab_size"] == 320 and cfg["model"]["n_embd"] == 32   # grown for PAD
