@@ -19,10 +19,20 @@ test: install
 	$(PY) -m pytest tests --ignore=tests/triton
 	TRITON_INTERPRET=1 NANOINSTRUCT_KERNELS=triton $(PY) -m pytest tests/triton
 
-# Until the stages land: what exists, measured. Greedy sampling with the KV cache against
-# recomputing every step on the tiny preset: same tokens, and the speed of each.
+# The embedded default, end to end as far as the stages exist: the world, step 0
+# (pretraining), step 1 (SFT), then samples from both. Outputs in out/demo/ (started over
+# on each run). Later stages (labeling, RM, PPO, evaluation) land in issues 6-8.
+DEMO := out/demo
 demo: install
-	$(PY) -m nanoinstruct.sample --bench --max_new_tokens=128
+	$(PY) -m nanoinstruct.world --out=$(DEMO)/data --seed=0
+	$(PY) train_sft.py --mode=pretrain --init=tiny --data=$(DEMO)/data/corpus.jsonl \
+	    --val_data=$(DEMO)/data/corpus_heldout.jsonl --out_dir=$(DEMO)/base --overwrite \
+	    --max_iters=400 --batch_size=16 --dropout=0 --log_interval=50 --eval_interval=200
+	$(PY) train_sft.py --init=$(DEMO)/base --data=$(DEMO)/data/sft.jsonl \
+	    --val_data=$(DEMO)/data/sft_val.jsonl --out_dir=$(DEMO)/sft --overwrite \
+	    --max_iters=300 --batch_size=32 --log_interval=50 --eval_interval=150
+	$(PY) -m nanoinstruct.sample --ckpt=$(DEMO)/base --prompt="Is 14 odd or even?" --n=2
+	$(PY) -m nanoinstruct.sample --ckpt=$(DEMO)/sft --prompt="Is 14 odd or even?" --n=2
 
 bench: install
 	$(PY) -m kernels.bench

@@ -151,7 +151,8 @@ def main(argv=None):
                             resume={"optimizer": optimizer.state_dict(), "iter": it})
 
     # ---- the loop ---------------------------------------------------------------------
-    timer, tokens, train_losses, val_loss = run.Timer(), 0, [], None
+    timer, tokens, total_tokens, train_losses, val_loss = run.Timer(), 0, 0, [], None
+    start_iter = it
     model.train()
     while it < cfg.max_iters:
         lr = run.lr_at(it, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.max_iters)
@@ -171,6 +172,7 @@ def main(argv=None):
                 (loss * W).backward()        # DDP averages over ranks; * W makes it a sum
             step_loss += loss.item()
             tokens += batch[0].numel()
+            total_tokens += batch[0].numel()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
@@ -192,6 +194,11 @@ def main(argv=None):
                 print(f"iter {it}: val loss {val_loss:.4f}", flush=True)
                 run.log_metrics(cfg.out_dir, {"iter": it, "val_loss": val_loss})
             save(val_loss)
+    if d.is_main and it > start_iter:
+        tok_s = total_tokens * W / timer.elapsed()
+        flops, peak = tok_s * run.train_flops_per_token(model, T), run.matmul_peak(d.device)
+        print(f"throughput: {tok_s:.0f} tok/s, {flops / 1e9:.2f} GFLOP/s = {100 * flops / peak:.0f}% "
+              f"of a {peak / 1e9:.1f} GFLOP/s matmul measured now", flush=True)
     if d.is_main:
         print(f"done: {cfg.mode} {it} steps, train loss {train_losses[-1] if train_losses else float('nan'):.4f}, "
               f"val loss {val_loss if val_loss is not None else float('nan'):.4f}, "

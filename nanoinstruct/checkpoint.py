@@ -28,6 +28,7 @@ from nanoinstruct.cli import UserError
 from nanoinstruct.model import GPT, ScalarGPT, config_from_dict
 
 KINDS = {"gpt": GPT, "scalar": ScalarGPT}
+CKPT = "ckpt"  # a stage's checkpoint directory inside its out dir
 
 
 def _recover(path):
@@ -45,10 +46,17 @@ def _recover(path):
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
+def ckpt_path(path):
+    """A stage's out dir (which keeps its checkpoint in ckpt/) or a checkpoint dir -> the
+    checkpoint dir. So `--init=out/sft` and `--init=out/sft/ckpt` mean the same."""
+    inner = os.path.join(path, CKPT)
+    return inner if os.path.isdir(inner) or os.path.isdir(inner + ".old") else path
+
+
 def _readable(path):
-    """Reader side: the checkpoint at path, or CKPT.old while a save is between renames.
-    Readers never rename: a writer may be mid-save."""
-    path = os.path.normpath(path)
+    """Reader side: the checkpoint at path (or in the out dir path), or CKPT.old while a
+    save is between renames. Readers never rename: a writer may be mid-save."""
+    path = os.path.normpath(ckpt_path(path))
     return path if os.path.isdir(path) or not os.path.isdir(path + ".old") else path + ".old"
 
 

@@ -19,15 +19,6 @@ from nanoinstruct.cli import UserError
 from nanoinstruct.model import GPT, PRESETS, GPTConfig
 from nanoinstruct.tokenizer import get_tokenizer
 
-CKPT = "ckpt"  # the checkpoint's directory inside an out dir
-
-
-def ckpt_path(path):
-    """An out dir (holding ckpt/) or a checkpoint directory itself -> the checkpoint dir."""
-    inner = os.path.join(path, CKPT)
-    return inner if os.path.isdir(inner) or os.path.isdir(inner + ".old") else path
-
-
 def init_gpt(spec, tokenizer, dropout, block_size=None):
     """Where a GPT starts: a preset name, a nanoinstruct checkpoint (or out dir), or a
     Hugging Face GPT-2 directory. -> (model, tokenizer). A checkpoint keeps its own
@@ -44,7 +35,7 @@ def init_gpt(spec, tokenizer, dropout, block_size=None):
         tok = get_tokenizer(tokenizer)
         model = GPT.from_hf(spec, dropout=dropout, vocab_size=64 * math.ceil(tok.n_vocab / 64))
         return model, tok
-    model, meta = checkpoint.load(ckpt_path(spec))
+    model, meta = checkpoint.load(spec)
     if not isinstance(model, GPT):
         raise UserError(f"--init={spec}: a {meta['kind']} checkpoint, not a language model")
     fresh = GPT(dataclasses.replace(model.config, dropout=dropout))  # dropout: this run's
@@ -55,7 +46,7 @@ def init_gpt(spec, tokenizer, dropout, block_size=None):
 def prepare_out_dir(out_dir, resume, overwrite, is_main=True):
     """A new run never writes over an existing checkpoint unless told to. Every rank
     checks (so all of them stop on a mistake); rank 0 alone creates and writes."""
-    ckpt = os.path.join(out_dir, CKPT)
+    ckpt = os.path.join(out_dir, checkpoint.CKPT)
     exists = os.path.isdir(ckpt) or os.path.isdir(ckpt + ".old")
     if resume and not exists:
         raise UserError(f"--resume: {out_dir} has no checkpoint to resume")
@@ -102,6 +93,27 @@ def check_finite(loss, what, it, ckpt):
     if not torch.isfinite(loss):
         raise UserError(f"{what} is {loss.item()} at iteration {it}; stopped. The last good "
                         f"checkpoint is {ckpt} (untouched)")
+
+
+def matmul_peak(device, n=1024, reps=10):
+    """Measured fp32 matmul throughput of this device now, in FLOP/s: the yardstick for
+    a training run's achieved FLOP/s (bf16 on CUDA)."""
+    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    a @ a
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ a
+    sync()
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
+def train_flops_per_token(model, T):
+    """Forward + backward FLOPs per token: 6 per parameter plus attention (nanoGPT/PaLM)."""
+    c = model.config
+    return 6 * model.num_params() + 12 * c.n_layer * c.n_embd * T
 
 
 class Timer:
