@@ -73,7 +73,7 @@ def parse_flags(config_cls, argv=None):
         if name not in defaults:
             near = difflib.get_close_matches(name, defaults, n=1)
             raise UserError(f"{flag}: unknown flag" + (f"; did you mean --{near[0]}?" if near else
-                                                       f"; see --help"))
+                                                       "; see --help"))
         if not eq:  # --name value, or a bare boolean --name
             nxt = argv[i + 1] if i + 1 < len(argv) else None
             if kinds[name] is bool and (nxt is None or nxt.startswith("--")):

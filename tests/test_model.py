@@ -1,7 +1,6 @@
 """GPT-2 parity with transformers, padding invariance, the KV cache, sampling, the scalar head."""
 
 import json
-import os
 
 import pytest
 import torch
