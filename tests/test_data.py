@@ -9,9 +9,20 @@ import pytest
 import torch
 
 from nanoinstruct.cli import UserError
-from nanoinstruct.data import (append_jsonl, fit_prompts, join, left_pad, pack_documents,
-                               pack_pairs, read_comparisons, read_demos, read_prompts, read_text,
-                               right_pad, write_jsonl)
+from nanoinstruct.data import (
+    append_jsonl,
+    fit_prompts,
+    join,
+    left_pad,
+    pack_documents,
+    pack_pairs,
+    read_comparisons,
+    read_demos,
+    read_prompts,
+    read_text,
+    right_pad,
+    write_jsonl,
+)
 from nanoinstruct.model import GPT, GPTConfig, last_index
 from nanoinstruct.tokenizer import PROMPT_TEMPLATE, get_tokenizer
 

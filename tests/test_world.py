@@ -8,7 +8,16 @@ import sys
 import pytest
 
 from nanoinstruct import world
-from nanoinstruct.world import LABELERS, MIX, build, demonstrate, flawed, gold_score, judge, make_prompt
+from nanoinstruct.world import (
+    LABELERS,
+    MIX,
+    build,
+    demonstrate,
+    flawed,
+    gold_score,
+    judge,
+    make_prompt,
+)
 
 SMALL = dict(sft=200, sft_val=20, rm=100, rm_val=20, ppo=100, eval=60)
 

@@ -13,11 +13,13 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import kernels
 from kernels import logprob as LP
 from kernels.kl import kl_estimate_ref, penalized_rewards_ref
+from tests.kernel_cases import check_empty, gae_atol, gae_case, plain_gae
 
 GAE = kernels._gae                    # kernels.gae is the function; the module is kernels._gae
 U = 2.0 ** -24
@@ -253,38 +255,6 @@ def test_penalized_rewards_garbage_and_holes(monkeypatch):
 # ----------------------------------------------------------------------------- GAE
 
 
-def plain_gae(rewards, values, lengths, gamma, lam):
-    """The lastgaelam loop of lm-human-preferences, one row and one token at a time, float64."""
-    B, T = rewards.shape
-    adv, ret = torch.zeros(B, T, dtype=torch.float64), torch.zeros(B, T, dtype=torch.float64)
-    for b in range(B):
-        lastgaelam = 0.0
-        for t in reversed(range(lengths[b])):
-            nextvalue = float(values[b, t + 1]) if t + 1 < lengths[b] else 0.0
-            delta = float(rewards[b, t]) + gamma * nextvalue - float(values[b, t])
-            lastgaelam = delta + gamma * lam * lastgaelam
-            adv[b, t], ret[b, t] = lastgaelam, lastgaelam + float(values[b, t])
-    return adv, ret
-
-
-def gae_case(seed, B, T, garbage=False):
-    g = torch.Generator().manual_seed(seed)
-    rewards, values = torch.randn(B, T, generator=g), torch.randn(B, T, generator=g)
-    lengths = torch.randint(0, T + 1, (B,), generator=g)
-    lengths[0], lengths[-1] = 0, T
-    mask = torch.arange(T)[None] < lengths[:, None]
-    if garbage:
-        junk = torch.tensor([float("nan"), 1e30, -float("inf"), 7.0]).repeat(B * T)[: B * T].view(B, T)
-        rewards, values = torch.where(mask, rewards, junk), torch.where(mask, values, junk.flip(1))
-    return rewards, values, mask, lengths
-
-
-def gae_atol(rewards, values, mask):
-    T = rewards.shape[1]
-    r, v = torch.where(mask, rewards, 0.0).double().abs(), torch.where(mask, values, 0.0).double().abs()
-    return 3 * T * U * (r.sum(1, keepdim=True) + 2 * T * v.amax(1, keepdim=True) + 1)
-
-
 @pytest.mark.parametrize("gamma,lam", [(0.99, 0.95), (0.9, 0.0), (1.0, 1.0), (0.0, 0.5)])
 @pytest.mark.parametrize("garbage", [False, True])
 def test_gae(monkeypatch, gamma, lam, garbage):
@@ -335,12 +305,4 @@ def test_gae_float_mask_bf16_values():
 
 @pytest.mark.parametrize("B,T", [(0, 5), (3, 0)])
 def test_empty(B, T):
-    logits = torch.zeros(B, T, 7, requires_grad=True)
-    logp, h = kernels.token_logprobs_and_entropy(logits, torch.zeros(B, T, dtype=torch.long))
-    assert logp.shape == h.shape == (B, T)
-    assert torch.autograd.grad((logp + h).sum(), logits)[0].shape == logits.shape
-    a, mask = torch.zeros(B, T), torch.ones(B, T, dtype=torch.bool)
-    assert kernels.kl_estimate(a, a, "k3").shape == (B, T)
-    assert torch.equal(kernels.penalized_rewards(torch.ones(B), a, a, mask, 0.1), torch.zeros(B, T))
-    adv, ret = kernels.gae(a, a, mask, 0.9, 0.9)
-    assert adv.shape == ret.shape == (B, T)
+    check_empty(B, T)
