@@ -161,7 +161,7 @@ def main(argv=None):
         torch.manual_seed(cfg.seed + 1_000_003 * d.rank + it)    # dropout: a function of (rank, step)
         step = [example((it * A * W + a * W + r) * B + i) for a in range(A) for r in range(W) for i in range(B)]
         n_real = sum(m.sum().item() for _, m in step)             # loss tokens in the whole step
-        step_loss = 0.0
+        step_loss = torch.zeros((), device=d.device)   # no host sync until it is logged
         for a in range(A):
             mine = step[(a * W + d.rank) * B:(a * W + d.rank + 1) * B]
             batch = collate(mine)
@@ -170,7 +170,7 @@ def main(argv=None):
                 loss = nll_sum(net, batch) / n_real
                 run.check_finite(loss, "the loss", it, ckpt)
                 (loss * W).backward()        # DDP averages over ranks; * W makes it a sum
-            step_loss += loss.item()
+            step_loss += loss.detach()
             tokens += batch[0].numel()
             total_tokens += batch[0].numel()
         if cfg.grad_clip:
@@ -178,8 +178,8 @@ def main(argv=None):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         it += 1
-        train_losses.append(distributed.all_mean(d, step_loss) * W)
         if it % cfg.log_interval == 0 or it == cfg.max_iters:
+            train_losses.append(distributed.all_mean(d, step_loss.item()) * W)
             dt = timer.lap()
             tok_s = tokens * W / dt
             distributed.print0(d, f"iter {it}: loss {train_losses[-1]:.4f}, lr {lr:.2e}, {tok_s:.0f} tok/s, "
