@@ -64,14 +64,25 @@ def ask_human(rec, responses, stdin=sys.stdin):
         print(f"  not a ranking of 1..{k}; try again")
 
 
-def pair_agreement(comparisons, a, b):
-    """Fraction of response pairs on which labelers a and b order the pair the same way."""
+def second_labeler(comparisons):
+    """The world labeler that did not make these rankings: the one whose agreement with
+    them is the ceiling for a reward model trained on them. None where there is none:
+    rankings by a person, a mix, or prompts without the world's metadata."""
+    if not comparisons or any("family" not in c for c in comparisons):
+        return None
+    made_by = {c.get("labeler") for c in comparisons}
+    return {frozenset({"train"}): "heldout", frozenset({"heldout"}): "train"}.get(frozenset(made_by))
+
+
+def agreement(comparisons, labeler):
+    """-> (fraction, pairs): of all response pairs in the comparisons, the fraction that
+    `labeler` orders the way the comparisons' own rankings do."""
     agree = n = 0
     for c in comparisons:
-        ra, rb = a.rank(c, c["responses"]), b.rank(c, c["responses"])
-        pa, pb = {y: i for i, y in enumerate(ra)}, {y: i for i, y in enumerate(rb)}
-        for i, j in itertools.combinations(range(len(ra)), 2):
-            agree += (pa[i] < pa[j]) == (pb[i] < pb[j])
+        mine = {y: i for i, y in enumerate(c["ranking"])}
+        theirs = {y: i for i, y in enumerate(labeler.rank(c, c["responses"]))}
+        for i, j in itertools.combinations(range(len(c["responses"])), 2):
+            agree += (mine[i] < mine[j]) == (theirs[i] < theirs[j])
             n += 1
     return agree / max(n, 1), n
 
@@ -122,9 +133,10 @@ def main():
             data.append_jsonl(cfg.out, c)
             done.append(c)
     print(f"{cfg.out}: {len(done)} comparisons (k={cfg.k})", file=sys.stderr)
-    if labeler and done:
-        frac, n = pair_agreement(done, LABELERS["train"], LABELERS["heldout"])
-        print(f"labeler agreement (train vs heldout) on {n} pairs: {100 * frac:.1f}%")
+    other = second_labeler(done)
+    if other:
+        frac, n = agreement(done, LABELERS[other])
+        print(f"labeler agreement ({cfg.labeler} vs {other}) on {n} pairs: {100 * frac:.1f}%")
 
 
 if __name__ == "__main__":

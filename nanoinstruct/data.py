@@ -30,7 +30,9 @@ prompts left-padded to P (so that generation continues from the right edge), res
 right-padded to R and ending with EOS. The logits predicting response token j sit at
 position P-1+j: `logits[:, P-1:-1]` (B, R, V) against targets `ids[:, P:]` (B, R), weighted
 by `response_mask`, give the SFT loss and PPO's per-token log-probs. The reward model reads
-its score at the last real token, `model.last_index(attention_mask)` (the EOS). PAD is
+its score at the last real token, `model.last_index(attention_mask)` (the EOS). For
+scoring alone, `pack_sequences` left-pads whole prompt+response rows instead, which keeps
+the width within block_size; `pack_rankings` lays out K-way comparisons that way. PAD is
 distinct from EOS, and no mask is 1 on a PAD: padding is never a target.
 """
 
@@ -281,6 +283,40 @@ def pack_pairs(tok, prompts, responses):
     r_ids, r_mask = right_pad([tok.encode_response(r) for r in responses], tok.pad_id)  # (B, R)
     ids, attention_mask = join(p_ids, p_mask, r_ids, r_mask)
     return Pairs(ids, attention_mask, r_mask.float(), p_ids.shape[1])
+
+
+def pack_sequences(tok, prompts, responses):
+    """Prompt and response strings -> ids (B, L) long, attention_mask (B, L) long, each
+    whole prompt+response left-padded: for scoring, not generation. L is the longest row
+    (where Pairs would take the longest prompt plus the longest response, which can exceed
+    block_size when every row fits), and every row's last real token, its EOS, sits in the
+    last column."""
+    return left_pad([tok.encode_prompt(p) + tok.encode_response(y) for p, y in zip(prompts, responses)],
+                    tok.pad_id)
+
+
+# ids (R, L) long, attention_mask (R, L) long: every response once (with its prompt), as
+# pack_sequences lays them out, grouped by prompt and best first; rank (P, Kmax) long: the
+# row of prompt p's k-th best response (0 in padding); valid (P, Kmax) bool: it exists
+Rankings = namedtuple("Rankings", "ids attention_mask rank valid")
+
+
+def pack_rankings(tok, comparisons):
+    """K-way comparisons -> Rankings. Each response is one row, so a model scores a prompt's
+    K responses in K forward passes; `scores[rank]` (P, Kmax) is then ordered best to worst,
+    the layout ranking_loss takes. The order of responses in the file does not matter, only
+    the ranking."""
+    prompts, responses, rank, valid = [], [], [], []
+    K = max(len(c["responses"]) for c in comparisons)
+    for c in comparisons:
+        best_first = [c["responses"][i] for i in c["ranking"]]
+        k = len(best_first)
+        rank.append(list(range(len(responses), len(responses) + k)) + [0] * (K - k))
+        valid.append([True] * k + [False] * (K - k))
+        prompts += [c["prompt"]] * k
+        responses += best_first
+    ids, attention_mask = pack_sequences(tok, prompts, responses)
+    return Rankings(ids, attention_mask, torch.tensor(rank), torch.tensor(valid))
 
 
 def sft_example(tok, prompt, response):

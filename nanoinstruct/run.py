@@ -16,8 +16,9 @@ import torch
 
 from nanoinstruct import checkpoint
 from nanoinstruct.cli import UserError
-from nanoinstruct.model import GPT, PRESETS, GPTConfig
+from nanoinstruct.model import GPT, PRESETS, GPTConfig, ScalarGPT
 from nanoinstruct.tokenizer import get_tokenizer
+
 
 def init_gpt(spec, tokenizer, dropout, block_size=None):
     """Where a GPT starts: a preset name, a nanoinstruct checkpoint (or out dir), or a
@@ -41,6 +42,23 @@ def init_gpt(spec, tokenizer, dropout, block_size=None):
     fresh = GPT(dataclasses.replace(model.config, dropout=dropout))  # dropout: this run's
     fresh.load_state_dict(model.state_dict())
     return fresh, get_tokenizer(meta.get("tokenizer", "bytes"))
+
+
+def init_scalar(spec, tokenizer, dropout, block_size=None):
+    """Where a reward model or value function starts: a scalar checkpoint (an RM, to
+    continue it or to start PPO's value function from), or anything init_gpt takes (the
+    SFT model, for the RM: its trunk, a fresh scalar head in place of the unembedding)."""
+    try:
+        scalar = checkpoint.read_config(spec)["kind"] == "scalar"
+    except UserError:  # not a nanoinstruct checkpoint: init_gpt says what it is
+        scalar = False
+    if scalar:
+        model, meta = checkpoint.load(spec)
+        fresh = ScalarGPT(dataclasses.replace(model.config, dropout=dropout))
+        fresh.load_state_dict(model.state_dict())
+        return fresh, get_tokenizer(meta.get("tokenizer", "bytes"))
+    gpt, tok = init_gpt(spec, tokenizer, dropout, block_size)
+    return ScalarGPT.from_gpt(gpt), tok
 
 
 def prepare_out_dir(out_dir, resume, overwrite, is_main=True):
