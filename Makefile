@@ -20,8 +20,9 @@ test: install
 	TRITON_INTERPRET=1 NANOINSTRUCT_KERNELS=triton $(PY) -m pytest tests/triton
 
 # The embedded default, end to end as far as the stages exist: the world, step 0
-# (pretraining), step 1 (SFT), then samples from both. Outputs in out/demo/ (started over
-# on each run). Later stages (labeling, RM, PPO, evaluation) land in issues 6-8.
+# (pretraining), step 1 (SFT), samples from both, labeling (K = 4 SFT samples per prompt,
+# ranked by the world's training labeler) and step 2 (the reward model). Outputs in
+# out/demo/ (started over on each run). PPO and the evaluation land in issues 7-8.
 DEMO := out/demo
 demo: install
 	$(PY) -m nanoinstruct.world --out=$(DEMO)/data --seed=0
@@ -33,6 +34,14 @@ demo: install
 	    --max_iters=300 --batch_size=32 --log_interval=50 --eval_interval=150
 	$(PY) -m nanoinstruct.sample --ckpt=$(DEMO)/base --prompt="Is 14 odd or even?" --n=2
 	$(PY) -m nanoinstruct.sample --ckpt=$(DEMO)/sft --prompt="Is 14 odd or even?" --n=2
+	rm -f $(DEMO)/data/comparisons.jsonl $(DEMO)/data/comparisons_val.jsonl
+	$(PY) -m nanoinstruct.collect --policy=$(DEMO)/sft --prompts=$(DEMO)/data/rm_prompts.jsonl \
+	    --out=$(DEMO)/data/comparisons.jsonl --k=4 --labeler=train --seed=0
+	$(PY) -m nanoinstruct.collect --policy=$(DEMO)/sft --prompts=$(DEMO)/data/rm_val_prompts.jsonl \
+	    --out=$(DEMO)/data/comparisons_val.jsonl --k=4 --labeler=train --seed=1
+	$(PY) train_rm.py --init=$(DEMO)/sft --data=$(DEMO)/data/comparisons.jsonl \
+	    --val_data=$(DEMO)/data/comparisons_val.jsonl --demos=$(DEMO)/data/sft.jsonl \
+	    --out_dir=$(DEMO)/rm --overwrite
 
 bench: install
 	$(PY) -m kernels.bench

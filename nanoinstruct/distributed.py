@@ -63,6 +63,20 @@ def all_mean(d, x):
     return t.item() if t.ndim == 0 else t
 
 
+def average_gradients(d, params):
+    """Average .grad over ranks, in one flat all-reduce. For a step whose loss goes through
+    a model more than once before backward (PPO-ptx: the RL minibatch and a pretraining
+    batch), where DDP's hooks would expect one forward per backward. Identity in one process."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not d.ddp or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= d.world_size
+    for g, chunk in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(chunk.view_as(g))
+
+
 def finish(d, code=0):
     """Leave cleanly: under DDP, tear the group down and exit without interpreter shutdown."""
     if not d.ddp:

@@ -9,6 +9,16 @@
 
     and the batch loss is the mean of loss(x) over prompts. All C(K,2) pairs of a prompt
     share its K rewards, so a prompt costs K forward passes, not 2 * C(K,2).
+
+    PPO (step 3; Schulman et al. 2017, as lm-human-preferences computes it), per real
+    response token t, with ratio_t = exp(logp_t - old_logp_t) and advantage A_t:
+
+        policy  max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps))
+        value   1/2 * max((V_t - R_t)^2, (V_old_t + clip(V_t - V_old_t, -eps_v, eps_v) - R_t)^2)
+
+    each averaged over the real tokens of the minibatch (mask 1; EOS included). The max
+    makes each a pessimistic bound: a token whose ratio has already moved past the clip in
+    the direction its advantage pushes gets no gradient.
 """
 
 import torch
@@ -58,3 +68,67 @@ def ranking_accuracy(rewards, valid=None):
     margin, real = _pairs(rewards, valid)
     agree = (margin > 0).float() + 0.5 * (margin == 0).float()
     return (agree * real).sum().item(), real.sum().item()
+
+
+def masked_mean(x, mask):
+    """The mean of x over the entries where mask is 1; 0 when there are none."""
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def whiten(x, mask, eps=1e-8):
+    """(x - mean) / std over the real entries (mask 1), as PPO does to advantages; the
+    padding comes back 0."""
+    mask = mask.float()
+    x = torch.where(mask > 0, x, 0.0)
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
+def _real(mask, *xs):
+    """Zero every masked entry first, so that padding (which may hold anything, even NaN)
+    reaches neither a loss nor a gradient: where() passes a zero gradient to the other
+    branch, and the ops after it then see only finite numbers."""
+    keep = mask > 0
+    return [torch.where(keep, x, 0.0) for x in xs]
+
+
+def ppo_policy_loss(logp, old_logp, advantages, mask, clip):
+    """logp (B, T) under the policy being trained, old_logp (B, T) from the rollout,
+    advantages (B, T), mask (B, T) 1 on real tokens, clip eps -> (loss, stats), the
+    clipped surrogate above, token-mean over real tokens.
+
+    stats (detached scalars): clipfrac (tokens where the clipped term is the larger),
+    approx_kl (k3 estimate of KL(old || new): ratio - 1 - log ratio, >= 0) and ratio (mean)."""
+    mask = mask.float()
+    logp, old_logp, advantages = _real(mask, logp, old_logp, advantages)
+    log_ratio = logp - old_logp.detach()
+    ratio = torch.exp(log_ratio)
+    advantages = advantages.detach()
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask),
+                 "approx_kl": masked_mean(ratio - 1 - log_ratio, mask),
+                 "ratio": masked_mean(ratio, mask)}
+    return loss, stats
+
+
+def ppo_value_loss(values, old_values, returns, mask, clip):
+    """values (B, T) from the value function being trained, old_values (B, T) from the
+    rollout, returns (B, T) (GAE's targets), mask (B, T), clip eps_v -> (loss, stats):
+    the clipped squared error above, token-mean over real tokens.
+
+    stats: clipfrac (tokens where the clipped error is the larger) and the mean error."""
+    mask = mask.float()
+    values, old_values, returns = _real(mask, values, old_values, returns)
+    old_values, returns = old_values.detach(), returns.detach()
+    clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
+    unclipped = (values - returns) ** 2
+    clipped = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask),
+                 "error": masked_mean(values - returns, mask)}
+    return loss, stats

@@ -141,3 +141,85 @@ def test_accuracy_matches_a_loop(rows):
             agree += 1.0 if r[i] > r[j] else 0.5 if r[i] == r[j] else 0.0
             n += 1
     assert ranking_accuracy(rewards, valid) == (agree, n)
+
+
+# ---- PPO: the clipped policy and value losses ---------------------------------------------
+
+from nanoinstruct.losses import ppo_policy_loss, ppo_value_loss  # noqa: E402
+
+
+@st.composite
+def rollouts(draw, B=st.integers(1, 4), T=st.integers(1, 6)):
+    """Per-token tensors (B, T) float64 and a mask that is a prefix of each row (>= 0 long)."""
+    b, t = draw(B), draw(T)
+    vals = st.floats(-3, 3, allow_nan=False)
+
+    def tensor():
+        return torch.tensor(draw(st.lists(st.lists(vals, min_size=t, max_size=t), min_size=b, max_size=b)),
+                            dtype=torch.float64)
+    lengths = draw(st.lists(st.integers(0, t), min_size=b, max_size=b))
+    mask = (torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]).double()
+    return tensor(), tensor(), tensor(), mask
+
+
+def masked_mean(x, m):
+    return (x * m).sum() / m.sum().clamp(min=1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rollouts(), st.floats(0.05, 0.5))
+def test_policy_loss_at_ratio_one_is_minus_mean_advantage(r, clip):
+    logp, _, adv, mask = r
+    loss, stats = ppo_policy_loss(logp, logp.clone(), adv, mask, clip)
+    assert abs(loss.item() + masked_mean(adv, mask).item()) < 1e-12
+    assert stats["approx_kl"].item() == 0 and stats["clipfrac"].item() == 0
+    assert stats["ratio"].item() == (1.0 if mask.sum() > 0 else 0.0)
+
+
+@settings(max_examples=80, deadline=None)
+@given(rollouts(), st.floats(0.05, 0.5))
+def test_tokens_clipped_in_their_advantage_direction_get_no_gradient(r, clip):
+    logp, old_logp, adv, mask = r
+    logp = (old_logp + logp).requires_grad_()     # ratios exp(-3) .. exp(3): many clipped
+    loss, _ = ppo_policy_loss(logp, old_logp, adv, mask, clip)
+    loss.backward()
+    ratio = torch.exp(logp.detach() - old_logp)
+    clipped = ((adv > 0) & (ratio > 1 + clip)) | ((adv < 0) & (ratio < 1 - clip))
+    assert (logp.grad[clipped.bool() & (mask > 0)] == 0).all()
+    # and the others do get one: d/dlogp of -A * ratio, over the real-token count
+    free = ~clipped & (mask > 0) & (adv != 0)
+    expected = -adv * ratio / mask.sum().clamp(min=1)
+    assert torch.allclose(logp.grad[free], expected[free], rtol=1e-10, atol=1e-14)
+
+
+@settings(max_examples=80, deadline=None)
+@given(rollouts(), st.floats(0.05, 1.0))
+def test_value_loss_nonnegative_and_unclipped_within_the_clip(r, clip):
+    values, old_values, returns, mask = r
+    loss, _ = ppo_value_loss(values, old_values, returns, mask, clip)
+    assert loss.item() >= 0
+    near = old_values + (values - old_values).clamp(-clip, clip)       # |near - old| <= clip
+    loss, stats = ppo_value_loss(near, old_values, returns, mask, clip)
+    unclipped = 0.5 * masked_mean((near - returns) ** 2, mask)
+    assert abs(loss.item() - unclipped.item()) < 1e-12 and stats["clipfrac"].item() == 0
+
+
+def test_value_loss_clips_far_moves():
+    # old value 0, return 1, clip 0.2: predicting 1.5 is scored as if it were 0.2 (0.64 > 0.25)
+    loss, stats = ppo_value_loss(torch.tensor([[1.5]]), torch.zeros(1, 1), torch.ones(1, 1), torch.ones(1, 1), 0.2)
+    assert abs(loss.item() - 0.5 * 0.8 ** 2) < 1e-6 and stats["clipfrac"].item() == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(rollouts(), st.sampled_from([float("nan"), float("inf"), -1e30]))
+def test_masked_tokens_never_matter(r, garbage):
+    a, b, c, mask = r
+    pad = mask == 0
+    for fn in (ppo_policy_loss, ppo_value_loss):
+        clean = [x.clone().requires_grad_() for x in (a, b, c)]
+        dirty = [x.masked_fill(pad, garbage).requires_grad_() for x in (a, b, c)]
+        l1, s1 = fn(*clean, mask, 0.2)
+        l2, s2 = fn(*dirty, mask, 0.2)
+        l1.backward(), l2.backward()
+        assert l1.item() == l2.item() and all(s1[k].item() == s2[k].item() for k in s1)
+        assert torch.equal(clean[0].grad, dirty[0].grad) and (dirty[0].grad[pad] == 0).all()

@@ -1,0 +1,157 @@
+"""train_ppo.py: learning on a trivially learnable reward, the first iteration's exact
+zeros, PPO-ptx's gradient, bit-exact resume, divergence and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train_ppo
+from nanoinstruct import checkpoint, data, losses
+from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
+from nanoinstruct.world import build
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = GPTConfig(n_layer=2, n_head=2, n_embd=64, vocab_size=320, block_size=96)
+TARGET = ord("e")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ppo")
+    files = build(0, corpus_docs=60, sizes=dict(sft=1, sft_val=1, rm=1, rm_val=1, ppo=64, eval=1))
+    data.write_jsonl(str(d / "prompts.jsonl"), files["ppo_prompts.jsonl"])
+    data.write_jsonl(str(d / "corpus.jsonl"), files["corpus.jsonl"])
+    data.write_jsonl(str(d / "other_corpus.jsonl"), [{"text": r["text"][::-1]} for r in files["corpus.jsonl"]])
+    torch.manual_seed(0)
+    checkpoint.save(str(d / "sft"), GPT(SMALL), {"tokenizer": "bytes"})
+    checkpoint.save(str(d / "rm"), ScalarGPT(SMALL), {"tokenizer": "bytes", "normalized": True})
+    return d
+
+
+def flags(world, out, *extra):
+    return [f"--init={world / 'sft'}", f"--reward={world / 'rm'}", f"--prompts={world / 'prompts.jsonl'}",
+            f"--ptx_data={world / 'corpus.jsonl'}", f"--out_dir={out}", "--batch_size=8",
+            "--max_new_tokens=16", "--threads=1", "--sample_interval=0", *extra]
+
+
+def metrics(out):
+    return [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+
+
+def count_target(self, idx, attention_mask):
+    """A reward anyone can check: how many 'e' the sequence holds, per 16 response tokens.
+    (The prompt's own 'e' are a constant per prompt, which the value function absorbs.)"""
+    return ((idx == TARGET).float() * attention_mask.float()).sum(1) / 16
+
+
+def test_raises_a_trivially_learnable_reward(world, tmp_path, monkeypatch):
+    monkeypatch.setattr(ScalarGPT, "score", count_target)     # the reward model's score only
+    out = tmp_path / "learn"
+    train_ppo.main(flags(world, out, "--max_iters=50", "--lr=3e-3", "--kl_coef=0", "--save_interval=100",
+                         "--no_eos_penalty=nan"))
+    scores = [r["score"] for r in metrics(out)]
+    first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
+    assert last > first + 0.3, (first, last)                   # seen: 0.23 -> 1.23 (a random policy)
+
+
+def test_first_iteration_is_exact(world, tmp_path, monkeypatch):
+    calls, loss_fn = [], losses.ppo_policy_loss
+
+    def recording(*a, **k):
+        loss, stats = loss_fn(*a, **k)
+        calls.append({k: v.item() for k, v in stats.items()})
+        return loss, stats
+
+    monkeypatch.setattr(losses, "ppo_policy_loss", recording)
+    out = tmp_path / "first"
+    train_ppo.main(flags(world, out, "--max_iters=1", "--minibatches=2", "--ppo_epochs=2"))
+    row = metrics(out)[0]
+    assert row["kl"] == 0.0                                   # the policy is the reference
+    assert len(calls) == 4
+    assert calls[0]["approx_kl"] == 0.0 and calls[0]["clipfrac"] == 0.0 and calls[0]["ratio"] == 1.0
+    assert calls[1]["approx_kl"] > 0                          # after one step: it moved
+
+
+def weights(out):
+    return checkpoint.load(str(out))[0].state_dict()
+
+
+def test_ptx_enters_the_gradient_only_when_its_coefficient_is_positive(world, tmp_path):
+    common = ["--max_iters=2", "--ppo_epochs=1"]
+    runs = {}
+    for coef in ("0", "1"):
+        for corpus in ("corpus", "other_corpus"):
+            out = tmp_path / f"{coef}_{corpus}"
+            train_ppo.main(flags(world, out, *common, f"--ptx_coef={coef}", f"--ptx_data={world / corpus}.jsonl"))
+            runs[coef, corpus] = weights(out)
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a.values(), b.values()))
+
+    assert same(runs["0", "corpus"], runs["0", "other_corpus"])       # gamma = 0: the text is never used
+    assert not same(runs["1", "corpus"], runs["1", "other_corpus"])   # gamma > 0: it is in the step
+    assert not same(runs["0", "corpus"], runs["1", "corpus"])
+    rows = metrics(tmp_path / "1_corpus")
+    assert all(r["ptx_loss"] > 0 for r in rows)
+
+
+def test_resume_equals_uninterrupted(world, tmp_path, monkeypatch):
+    args = ["--max_iters=4", "--save_interval=2", "--minibatches=2", "--ptx_coef=0.5", "--target_kl=0.01",
+            "--kl_horizon=100"]
+    train_ppo.main(flags(world, tmp_path / "a", *args))
+    step, calls = torch.optim.AdamW.step, [0]
+
+    def dies(self, *a, **k):                                  # killed in iteration 3 (8 steps per 2 its)
+        calls[0] += 1
+        if calls[0] == 18:
+            raise KeyboardInterrupt
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", dies)
+    with pytest.raises(KeyboardInterrupt):
+        train_ppo.main(flags(world, tmp_path / "b", *args))
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    assert json.load(open(tmp_path / "b" / "ckpt" / "config.json"))["iter"] == 2
+    train_ppo.main(flags(world, tmp_path / "b", *args, "--resume"))
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.equal(x, y) for x, y in zip(a.values(), b.values()))
+    ra, rb = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    keys = ("score", "kl", "kl_coef", "approx_kl", "pg_loss", "vf_loss", "ptx_loss")
+    assert [[r[k] for k in keys] for r in ra] == [[r[k] for k in keys] for r in rb[:2] + rb[-2:]]
+    assert ra[-1]["kl_coef"] != 0.02                            # the adaptive controller moved it
+
+
+def test_divergence_stops_and_keeps_the_last_checkpoint(world, tmp_path, monkeypatch):
+    out = tmp_path / "nan"
+    train_ppo.main(flags(world, out, "--max_iters=2", "--save_interval=1"))
+    before = (out / "ckpt" / "model.safetensors").read_bytes()
+    calls, loss_fn = [0], losses.ppo_value_loss
+
+    def poisoned(*a, **k):
+        calls[0] += 1
+        loss, stats = loss_fn(*a, **k)
+        return (loss * float("nan") if calls[0] == 3 else loss), stats
+
+    monkeypatch.setattr(losses, "ppo_value_loss", poisoned)
+    with pytest.raises(Exception) as e:
+        train_ppo.main(flags(world, out, "--max_iters=4", "--save_interval=1", "--resume"))
+    assert "the value loss is nan at iteration 2" in str(e.value) and "ckpt" in str(e.value)
+    assert (out / "ckpt" / "model.safetensors").read_bytes() == before
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, "train_ppo.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_bad_input_is_one_line(world, tmp_path):
+    for extra, expected in ((["--kl_kind=k4"], "--kl_kind='k4'"),
+                            (["--minibatches=3"], "--minibatches=3 does not divide --batch_size=8"),
+                            ([f"--reward={world / 'sft'}"], "a gpt checkpoint, not a reward model"),
+                            ([f"--prompts={tmp_path / 'none.jsonl'}"], "none.jsonl: file not found")):
+        r = run_script(*flags(world, tmp_path / "o", *extra))
+        assert r.returncode == 2 and expected in r.stderr and "Traceback" not in r.stderr, (extra, r.stderr)

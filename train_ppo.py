@@ -1,0 +1,301 @@
+"""Step 3 of InstructGPT: PPO, and PPO-ptx, against the reward model.
+
+The paper's objective (eq. 2), maximised over the policy pi (started from the SFT model):
+
+    objective = E_{x ~ prompts, y ~ pi(.|x)} [ r(x, y) - beta * log(pi(y|x) / pi_SFT(y|x)) ]
+              + gamma * E_{x ~ pretraining text} [ log pi(x) ]
+
+gamma = 0 is "PPO", gamma > 0 is "PPO-ptx". Four models, as in the paper: the policy pi
+(trained), the reference pi_SFT (frozen), the reward model r (frozen, normalised so that
+demonstrations score 0) and the value function V (trained; started from the reward model).
+Dropout is off in all four, so that a log-prob recomputed later equals the rollout's.
+
+One iteration, in the order of openai/lm-human-preferences:
+  1. rollout: sample a response to each prompt (KV cache, --temperature, stop at EOS)
+  2. log-probs of the sampled tokens under pi and pi_SFT, at the same temperature and
+     through the same code (and the same row batches) as the update recomputes them
+  3. score prompt + response with r; a response that never emitted EOS scores
+     --no_eos_penalty instead (LHP: -1; nan keeps r's score)
+  4. per-token rewards: -beta * kl_t on every response token, plus the score on the last
+     (kernels.penalized_rewards; kl_t = logp_t - ref_logp_t by default, "k1")
+  5. values V(x, y_<t), then advantages and returns by GAE (kernels.gae); advantages
+     whitened over the real tokens
+  6. --ppo_epochs passes over the rollouts in --minibatches; each minibatch takes ONE
+     optimizer step on  policy loss + vf_coef * value loss (+ ptx_coef * the language-model
+     loss of a batch of pretraining text: PPO-ptx's gamma term, in the same step, as eq. 2
+     writes it)
+  7. beta: fixed, or LHP's adaptive controller when --target_kl > 0:
+       beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * rollouts / horizon)
+
+    python train_ppo.py --init=out/sft --reward=out/rm --out_dir=out/ppo
+    python train_ppo.py --init=out/sft --reward=out/rm --ptx_coef=1 --out_dir=out/ppo_ptx
+    python train_ppo.py --bench     # time the loop on random tiny models; writes nothing
+"""
+
+import copy
+import math
+import statistics
+import sys
+from dataclasses import asdict, dataclass
+
+import torch
+
+import kernels
+from nanoinstruct import checkpoint, data, distributed, losses, run
+from nanoinstruct.cli import UserError, cli_main, parse_flags
+from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
+from nanoinstruct.tokenizer import get_tokenizer
+
+
+@dataclass
+class Config:
+    init: str = "out/sft"                 # the policy starts here, and this (frozen) is the reference
+    tokenizer: str = "bytes"              # for a preset or HF init; checkpoints carry theirs
+    reward: str = "out/rm"                # the reward model (train_rm.py's, normalised)
+    value_init: str = ""                  # the value function starts here ("": the reward model)
+    prompts: str = "data/world/ppo_prompts.jsonl"
+    ptx_data: str = "data/world/corpus.jsonl"  # pretraining text, read only when ptx_coef > 0
+    ptx_coef: float = 0.0                 # gamma of eq. 2: 0 is PPO, > 0 is PPO-ptx
+    ptx_batch_size: int = 8               # pretraining rows per minibatch
+    ptx_block_size: int = 128
+    out_dir: str = "out/ppo"
+    resume: bool = False
+    overwrite: bool = False
+    max_iters: int = 100                  # PPO iterations (rollout + update)
+    batch_size: int = 32                  # rollouts per iteration per process
+    minibatches: int = 1                  # optimizer steps per epoch over the rollouts
+    ppo_epochs: int = 4
+    max_new_tokens: int = 48
+    temperature: float = 1.0              # sampling, and every log-prob of the policy and reference
+    lr: float = 1e-4                      # policy and value function
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0                # per model; 0: off
+    clip: float = 0.2                     # PPO's ratio clip
+    vf_clip: float = 0.2                  # value clip, around the rollout's values
+    vf_coef: float = 0.1
+    gamma: float = 1.0                    # GAE discount
+    lam: float = 0.95                     # GAE lambda
+    kl_coef: float = 0.02                 # beta (the initial beta when adaptive)
+    kl_kind: str = "k1"                   # k1 | k2 | k3: the KL estimator inside the reward
+    target_kl: float = 0.0                # > 0: adapt beta toward this KL per response (nats)
+    kl_horizon: int = 10000               # the adaptive controller's horizon, in rollouts
+    no_eos_penalty: float = -1.0          # the score of a response without EOS (nan: keep r's)
+    whiten_advantages: bool = True
+    log_interval: int = 1
+    sample_interval: int = 10             # print a few samples every this many iterations (0: never)
+    save_interval: int = 20
+    seed: int = 1337
+    device: str = "auto"
+    threads: int = 0
+    bench: bool = False                   # time iterations on random tiny models and prompts; write nothing
+
+
+def main(argv=None):
+    cfg = parse_flags(Config, argv)
+    if cfg.kl_kind not in kernels.KL_KINDS:
+        raise UserError(f"--kl_kind={cfg.kl_kind!r}: choose one of {', '.join(kernels.KL_KINDS)}")
+    for flag in ("batch_size", "minibatches", "ppo_epochs", "max_new_tokens"):
+        if getattr(cfg, flag) < 1:
+            raise UserError(f"--{flag}={getattr(cfg, flag)}: must be at least 1")
+    if cfg.batch_size % cfg.minibatches:
+        raise UserError(f"--minibatches={cfg.minibatches} does not divide --batch_size={cfg.batch_size}")
+    if cfg.temperature <= 0:
+        raise UserError(f"--temperature={cfg.temperature}: must be positive (log-probs divide by it)")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    d = distributed.setup(cfg.device)
+    dev = d.device
+
+    # ---- the four models ----------------------------------------------------------------
+    torch.manual_seed(cfg.seed)                                   # a preset's initial weights
+    if cfg.bench:  # the issue's tiny configuration: 2 layers, 2 heads, 64 wide, vocab 512
+        tok, small, ckpt = get_tokenizer("bytes"), GPTConfig(2, 2, 64, 512, 64), None
+        ref, reward, value = GPT(small), ScalarGPT(small), ScalarGPT(small)
+        g = torch.Generator().manual_seed(0)
+        prompts = torch.randint(0, 256, (1024, 16), generator=g).tolist()   # 16-token prompts
+    else:
+        ckpt = run.prepare_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite, d.is_main)
+        ref, tok = run.init_gpt(cfg.init, cfg.tokenizer, dropout=0.0)          # pi_SFT
+        reward, meta = checkpoint.load(cfg.reward)
+        if not isinstance(reward, ScalarGPT):
+            raise UserError(f"--reward={cfg.reward}: a {meta['kind']} checkpoint, not a reward model")
+        if not meta.get("normalized"):
+            distributed.print0(d, f"warning: --reward={cfg.reward} was not normalised on demonstrations",
+                               file=sys.stderr)
+        value, _ = run.init_scalar(cfg.value_init or cfg.reward, cfg.tokenizer, dropout=0.0)
+        records = data.fit_prompts(data.read_prompts(cfg.prompts), tok,
+                                   ref.config.block_size - cfg.max_new_tokens, cfg.prompts)
+        prompts = [tok.encode_prompt(r["prompt"]) for r in records]
+    # the policy starts as an exact copy of the reference (a resumed one from its checkpoint)
+    policy = run.init_gpt(ckpt, cfg.tokenizer, dropout=0.0)[0] if cfg.resume else copy.deepcopy(ref)
+    for m in (policy, ref, reward, value):
+        m.to(dev)
+    for m in (ref, reward):
+        m.eval().requires_grad_(False)
+
+    ptx_rows = None
+    if cfg.ptx_coef > 0:
+        texts = [r["text"] for r in data.read_text(cfg.ptx_data)]
+        ptx_rows = data.pack_documents(tok, texts, min(cfg.ptx_block_size, policy.config.block_size))
+
+    B, M, W = cfg.batch_size, cfg.batch_size // cfg.minibatches, d.world_size
+    N_prompts = len(prompts)
+    perms = {}
+
+    def prompt_at(pos):
+        """Global rollout position -> a prompt: epoch pos // N, in that epoch's shuffle."""
+        epoch = pos // N_prompts
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(N_prompts, generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        return prompts[perms[epoch][pos % N_prompts]]
+
+    def response_logprobs(model, ids, mask, P, entropy=False):
+        """log pi(y_t | x, y_<t) at --temperature for the response tokens ids[:, P:] (B, N),
+        from the sampler's own distribution: logits over the ids it can emit (below PAD,
+        which is the tokenizer's last id; the embedding's padding rows are never sampled)."""
+        with run.autocast(dev):
+            logits = model(ids, mask)[:, P - 1:-1, :tok.pad_id]           # (B, N, V')
+        targets = ids[:, P:].masked_fill(ids[:, P:] == tok.pad_id, 0)     # PAD after EOS: masked later
+        if entropy:
+            return kernels.token_logprobs_and_entropy(logits, targets, cfg.temperature)
+        return kernels.token_logprobs(logits, targets, cfg.temperature)
+
+    def values_of(model, ids, mask, P):
+        """V of the state before each response token: the head at positions P-1 .. end-1 (B, N)."""
+        with run.autocast(dev):
+            return model(ids, mask)[:, P - 1:-1]
+
+    # ---- optimizer, resume ------------------------------------------------------------
+    params = [p for m in (policy, value) for p in m.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    it, kl_coef = 0, cfg.kl_coef
+    if cfg.resume:
+        state = checkpoint.load_resume(ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        value.load_state_dict(state["value"])
+        it, kl_coef = state["iter"], state["kl_coef"]
+        distributed.print0(d, f"resuming {ckpt} at iteration {it}")
+    distributed.print0(d, f"ppo{'-ptx' if cfg.ptx_coef > 0 else ''}: policy {policy.num_params() / 1e6:.2f}M, "
+                          f"value {value.gpt.num_params() / 1e6:.2f}M, {N_prompts} prompts, {B * W} rollouts "
+                          f"x {cfg.ppo_epochs} epochs x {cfg.minibatches} minibatches per iteration, "
+                          f"{cfg.max_iters} iterations")
+
+    def save():
+        if d.is_main and not cfg.bench:
+            checkpoint.save(ckpt, policy, {"tokenizer": tok.name, "run": asdict(cfg), "iter": it, "kl_coef": kl_coef},
+                            resume={"optimizer": optimizer.state_dict(), "iter": it, "kl_coef": kl_coef,
+                                    "value": value.state_dict()})
+
+    # ---- the loop ---------------------------------------------------------------------
+    timer, times = run.Timer(), []
+    while it < cfg.max_iters:
+        t_start = timer.elapsed()
+        seed = cfg.seed + 1_000_003 * d.rank + it                 # a function of (rank, iteration)
+        g = torch.Generator(dev).manual_seed(seed)                # sampling
+        g_cpu = torch.Generator().manual_seed(seed)               # minibatch shuffles, pretraining rows
+        # 1. rollout
+        batch = [prompt_at((it * W + d.rank) * B + i) for i in range(B)]
+        p_ids, p_mask = data.left_pad(batch, tok.pad_id)                       # (B, P)
+        p_ids, p_mask, P = p_ids.to(dev), p_mask.to(dev), p_ids.shape[1]
+        response, r_mask = policy.generate(p_ids, p_mask, cfg.max_new_tokens, tok.eos_id, tok.pad_id,
+                                           tok.n_vocab, cfg.temperature, generator=g)  # (B, N)
+        ids, mask = data.join(p_ids, p_mask, response, r_mask)                # (B, P+N)
+        # 2.-3. log-probs, entropy, values, scores: in the update's minibatches, no grad
+        with torch.no_grad():
+            logp, ent, ref_logp, old_values, scores = [], [], [], [], []
+            for mb in torch.arange(B, device=dev).split(M):
+                lp, h = response_logprobs(policy, ids[mb], mask[mb], P, entropy=True)
+                logp.append(lp), ent.append(h)
+                ref_logp.append(response_logprobs(ref, ids[mb], mask[mb], P))
+                old_values.append(values_of(value, ids[mb], mask[mb], P))
+                with run.autocast(dev):
+                    scores.append(reward.score(ids[mb], mask[mb]))
+            logp, ent, ref_logp, old_values, scores = map(torch.cat, (logp, ent, ref_logp, old_values, scores))
+            has_eos = (response == tok.eos_id).any(1)
+            if not math.isnan(cfg.no_eos_penalty):
+                scores = torch.where(has_eos, scores, cfg.no_eos_penalty)     # (B,)
+            # 4. per-token rewards; 5. advantages and returns
+            rewards = kernels.penalized_rewards(scores, logp, ref_logp, r_mask, kl_coef, cfg.kl_kind)
+            advantages, returns = kernels.gae(rewards, old_values, r_mask, cfg.gamma, cfg.lam)
+            if cfg.whiten_advantages:
+                advantages = losses.whiten(advantages, r_mask)
+            kl = (kernels.kl_estimate(logp, ref_logp, "k1") * r_mask).sum(1)  # (B,) nats per response
+        t_rollout = timer.elapsed()
+
+        # 6. PPO epochs over minibatches; each minibatch is one optimizer step
+        stats = []
+        for epoch in range(cfg.ppo_epochs):
+            # the first epoch keeps the rollout's row batches, so that its first minibatch
+            # recomputes exactly the rollout's log-probs (ratio 1, approx_kl 0)
+            order = torch.arange(B) if epoch == 0 else torch.randperm(B, generator=g_cpu)
+            for mb in order.to(dev).split(M):
+                new_logp = response_logprobs(policy, ids[mb], mask[mb], P)
+                pg_loss, pg = losses.ppo_policy_loss(new_logp, logp[mb], advantages[mb], r_mask[mb], cfg.clip)
+                vpred = values_of(value, ids[mb], mask[mb], P)
+                vf_loss, vf = losses.ppo_value_loss(vpred, old_values[mb], returns[mb], r_mask[mb], cfg.vf_clip)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                if ptx_rows is not None:  # gamma * E[-log pi(x)] on pretraining text, same step
+                    rows = ptx_rows[torch.randint(len(ptx_rows), (cfg.ptx_batch_size,), generator=g_cpu)].to(dev)
+                    with run.autocast(dev):
+                        lm_logits = policy(rows[:, :-1])
+                    ptx_loss = losses.lm_nll_sum(lm_logits, rows[:, 1:], torch.ones_like(rows[:, 1:])) / rows[:, 1:].numel()
+                    loss = loss + cfg.ptx_coef * ptx_loss
+                for name, x in (("policy loss", pg_loss), ("value loss", vf_loss), ("loss", loss)):
+                    run.check_finite(x, f"the {name}", it, ckpt)
+                loss.backward()
+                distributed.average_gradients(d, params)
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(value.parameters(), cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                stats.append(torch.stack([pg_loss.detach(), vf_loss.detach(), pg["approx_kl"], pg["clipfrac"],
+                                          vf["clipfrac"], pg["ratio"],
+                                          ptx_loss.detach() if ptx_rows is not None else torch.zeros((), device=dev)]))
+        it += 1
+        # 7. the KL coefficient (LHP's adaptive controller)
+        kl_mean = distributed.all_mean(d, kl.mean().item())
+        if cfg.target_kl > 0:
+            error = min(max(kl_mean / cfg.target_kl - 1, -0.2), 0.2)
+            kl_coef *= 1 + error * B * W / cfg.kl_horizon
+        times.append((timer.elapsed() - t_start, t_rollout - t_start))
+
+        if it % cfg.log_interval == 0 or it == cfg.max_iters:
+            pg_l, vf_l, approx_kl, pg_cf, vf_cf, ratio, ptx_l = torch.stack(stats).mean(0).tolist()
+            real = r_mask > 0
+            var = returns[real].var()
+            explained = (1 - (returns - old_values)[real].var() / var).item() if var > 0 else float("nan")
+            row = {"iter": it, "score": scores.mean().item(), "kl": kl_mean, "kl_coef": kl_coef,
+                   "entropy": ent[real].mean().item(), "approx_kl": approx_kl, "pg_clipfrac": pg_cf,
+                   "vf_clipfrac": vf_cf, "explained_variance": explained, "length": r_mask.sum(1).mean().item(),
+                   "no_eos": 1 - has_eos.float().mean().item(), "ratio": ratio, "pg_loss": pg_l,
+                   "vf_loss": vf_l, "ptx_loss": ptx_l, "seconds": times[-1][0], "elapsed": timer.elapsed()}
+            for k in ("score", "entropy", "length"):
+                row[k] = distributed.all_mean(d, row[k])
+            distributed.print0(d, f"iter {it}: score {row['score']:+.3f}, kl {row['kl']:.3f}, "
+                                  f"entropy {row['entropy']:.3f}, approx_kl {approx_kl:.4f}, "
+                                  f"clipfrac {pg_cf:.3f}/{vf_cf:.3f}, ev {explained:.2f}, "
+                                  f"len {row['length']:.1f}" + (f", ptx {ptx_l:.3f}" if ptx_rows is not None else "")
+                                  + f", {times[-1][0]:.2f}s/it")
+            if d.is_main and not cfg.bench:
+                run.log_metrics(cfg.out_dir, row)
+        if cfg.sample_interval and it % cfg.sample_interval == 0 and d.is_main and not cfg.bench:
+            for b in range(min(3, B)):
+                print(f"  [{scores[b].item():+.2f} kl {kl[b].item():.2f}] {tok.decode(batch[b])!r} -> "
+                      f"{tok.decode_response(response[b].tolist())!r}", flush=True)
+        if not cfg.bench and (it % cfg.save_interval == 0 or it == cfg.max_iters):
+            save()
+
+    if d.is_main and times:
+        steady = times[1:] or times
+        per_it = statistics.median(t for t, _ in steady)
+        per_rollout = statistics.median(r for _, r in steady)
+        print(f"done: {it} iterations, {per_it:.3f}s per iteration (median; rollout + scoring "
+              f"{per_rollout:.3f}s), {timer.elapsed():.0f}s" + ("" if cfg.bench else f" -> {ckpt}"), flush=True)
+    distributed.finish(d)
+
+
+if __name__ == "__main__":
+    cli_main(main)
