@@ -21,8 +21,8 @@ test: install
 
 # The embedded default, end to end as far as the stages exist: the world, step 0
 # (pretraining), step 1 (SFT), samples from both, labeling (K = 4 SFT samples per prompt,
-# ranked by the world's training labeler) and step 2 (the reward model). Outputs in
-# out/demo/ (started over on each run). PPO and the evaluation land in issues 7-8.
+# ranked by the world's training labeler), step 2 (the reward model) and step 3 (PPO-ptx).
+# Outputs in out/demo/ (started over on each run). The evaluation lands in issue 8.
 DEMO := out/demo
 demo: install
 	$(PY) -m nanoinstruct.world --out=$(DEMO)/data --seed=0
@@ -42,9 +42,18 @@ demo: install
 	$(PY) train_rm.py --init=$(DEMO)/sft --data=$(DEMO)/data/comparisons.jsonl \
 	    --val_data=$(DEMO)/data/comparisons_val.jsonl --demos=$(DEMO)/data/sft.jsonl \
 	    --out_dir=$(DEMO)/rm --overwrite
+	$(PY) train_ppo.py --init=$(DEMO)/sft --reward=$(DEMO)/rm --prompts=$(DEMO)/data/ppo_prompts.jsonl \
+	    --ptx_data=$(DEMO)/data/corpus.jsonl --ptx_coef=1 --kl_coef=0.2 --lr=3e-5 --max_iters=60 \
+	    --log_interval=10 --sample_interval=30 --out_dir=$(DEMO)/ppo_ptx --overwrite
 
+# The PPO loop's speed on the CPU (issue 7's tiny configuration: 2 layers, 2 heads, 64 wide,
+# vocab 512, 16-token prompts, 32-token responses, batch 8, 4 epochs, 1 minibatch), then the
+# kernels on a GPU (skipped without one).
 bench: install
-	$(PY) -m kernels.bench
+	$(PY) train_ppo.py --bench --batch_size=8 --max_new_tokens=32 --ppo_epochs=4 --minibatches=1 \
+	    --max_iters=30 --log_interval=10
+	if $(PY) -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then $(PY) -m kernels.bench; \
+	else echo "kernels.bench: no CUDA GPU here; skipped"; fi
 
 clean:
 	rm -rf out .pytest_cache .hypothesis
