@@ -141,15 +141,7 @@ def main(argv=None):
         ptx_rows = data.pack_documents(tok, texts, min(cfg.ptx_block_size, policy.config.block_size))
 
     B, M, W = cfg.batch_size, cfg.batch_size // cfg.minibatches, d.world_size
-    N_prompts = len(prompts)
-    perms = {}
-
-    def prompt_at(pos):
-        """Global rollout position -> a prompt: epoch pos // N, in that epoch's shuffle."""
-        epoch = pos // N_prompts
-        if epoch not in perms:
-            perms[epoch] = torch.randperm(N_prompts, generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        return prompts[perms[epoch][pos % N_prompts]]
+    prompt_at = run.epoch_sampler(prompts, cfg.seed)              # global rollout position -> prompt
 
     def response_logprobs(model, ids, mask, P, entropy=False):
         """log pi(y_t | x, y_<t) at --temperature for the response tokens ids[:, P:] (B, N),
@@ -178,7 +170,7 @@ def main(argv=None):
         it, kl_coef = state["iter"], state["kl_coef"]
         distributed.print0(d, f"resuming {ckpt} at iteration {it}")
     distributed.print0(d, f"ppo{'-ptx' if cfg.ptx_coef > 0 else ''}: policy {policy.num_params() / 1e6:.2f}M, "
-                          f"value {value.gpt.num_params() / 1e6:.2f}M, {N_prompts} prompts, {B * W} rollouts "
+                          f"value {value.gpt.num_params() / 1e6:.2f}M, {len(prompts)} prompts, {B * W} rollouts "
                           f"x {cfg.ppo_epochs} epochs x {cfg.minibatches} minibatches per iteration, "
                           f"{cfg.max_iters} iterations")
 

@@ -112,15 +112,9 @@ def main(argv=None):
     N = len(train)
     B, A, W = cfg.batch_size, cfg.grad_accum, d.world_size
     max_iters = math.ceil(cfg.epochs * N / (B * A * W))
-    perms = {}
-
-    def example(pos):
-        """Global position -> a comparison: epoch pos // N, in that epoch's shuffle. The last
-        step of a fractional epoch tops up from the start of the next shuffle."""
-        epoch = pos // N
-        if epoch not in perms:
-            perms[epoch] = torch.randperm(N, generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        return train[perms[epoch][pos % N]]
+    # global position -> a comparison; the last step of a fractional epoch tops up from the
+    # start of the next epoch's shuffle
+    example = run.epoch_sampler(train, cfg.seed)
 
     def rewards(net, comparisons):
         """-> rewards (P, K) best to worst, valid (P, K): one forward pass per response."""

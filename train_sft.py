@@ -93,14 +93,7 @@ def main(argv=None):
 
     train, val = load(cfg.data), load(cfg.val_data)
     N = len(train)
-    perms = {}
-
-    def example(pos):
-        """Global sample position -> an example: epoch pos // N, in that epoch's shuffle."""
-        epoch = pos // N
-        if epoch not in perms:
-            perms[epoch] = torch.randperm(N, generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        return train[perms[epoch][pos % N]]
+    example = run.epoch_sampler(train, cfg.seed)                  # global sample position -> example
 
     def collate(examples):
         """-> inputs x (B, L), targets y (B, L), loss mask m (B, L), right-padded with PAD.

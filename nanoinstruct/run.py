@@ -61,6 +61,20 @@ def init_scalar(spec, tokenizer, dropout, block_size=None):
     return ScalarGPT.from_gpt(gpt), tok
 
 
+def epoch_sampler(items, seed):
+    """-> at(pos): the item at global sample position pos, epoch pos // N of a shuffle drawn
+    afresh for each epoch (seed + epoch). A function of the position alone, so a resumed run
+    and every DDP rank agree on the order without carrying sampler state."""
+    N, perms = len(items), {}
+
+    def at(pos):
+        epoch = pos // N
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(N, generator=torch.Generator().manual_seed(seed + epoch))
+        return items[perms[epoch][pos % N]]
+    return at
+
+
 def prepare_out_dir(out_dir, resume, overwrite, is_main=True):
     """A new run never writes over an existing checkpoint unless told to. Every rank
     checks (so all of them stop on a mistake); rank 0 alone creates and writes."""

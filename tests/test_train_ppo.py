@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from helpers import kill_at_step
 
 import train_ppo
 from nanoinstruct import checkpoint, data, losses
@@ -103,18 +104,10 @@ def test_resume_equals_uninterrupted(world, tmp_path, monkeypatch):
     args = ["--max_iters=4", "--save_interval=2", "--minibatches=2", "--ptx_coef=0.5", "--target_kl=0.01",
             "--kl_horizon=100"]
     train_ppo.main(flags(world, tmp_path / "a", *args))
-    step, calls = torch.optim.AdamW.step, [0]
-
-    def dies(self, *a, **k):                                  # killed in iteration 3 (8 steps per 2 its)
-        calls[0] += 1
-        if calls[0] == 18:
-            raise KeyboardInterrupt
-        return step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", dies)
+    undo = kill_at_step(monkeypatch, 18)                       # killed in iteration 3 (8 steps per iteration)
     with pytest.raises(KeyboardInterrupt):
         train_ppo.main(flags(world, tmp_path / "b", *args))
-    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    undo()
     assert json.load(open(tmp_path / "b" / "ckpt" / "config.json"))["iter"] == 2
     train_ppo.main(flags(world, tmp_path / "b", *args, "--resume"))
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from helpers import kill_at_step
 
 import train_rm
 from nanoinstruct import checkpoint, collect, data, losses
@@ -125,18 +126,10 @@ def test_pairs_are_k2_and_resume_is_bit_identical(world, tmp_path, monkeypatch):
     data.write_jsonl(str(world / "pairs.jsonl"), pairs)
     args = ["--batch_size=8", "--eval_interval=3", "--dropout=0.1", "--warmup_iters=2"]
     train_rm.main(flags(world, tmp_path / "a", *args, data="pairs.jsonl"))
-    step, calls = torch.optim.AdamW.step, [0]
-
-    def dies_at_5(self, *a, **k):
-        calls[0] += 1
-        if calls[0] == 5:
-            raise KeyboardInterrupt
-        return step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", dies_at_5)
+    undo = kill_at_step(monkeypatch, 5)                       # killed during the 5th step
     with pytest.raises(KeyboardInterrupt):
         train_rm.main(flags(world, tmp_path / "b", *args, data="pairs.jsonl"))
-    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    undo()
     train_rm.main(flags(world, tmp_path / "b", *args, "--resume", data="pairs.jsonl"))
     a, b = checkpoint.load(str(tmp_path / "a"))[0], checkpoint.load(str(tmp_path / "b"))[0]
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):

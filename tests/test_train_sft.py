@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from helpers import kill_at_step
 from safetensors.torch import load_file
 
 import train_sft
@@ -74,17 +75,10 @@ def test_prompt_targets_carry_no_loss():
 def test_resume_is_bit_identical(world, tmp_path, monkeypatch):
     args = ["--max_iters=6", "--eval_interval=3", "--dropout=0.1", "--warmup_iters=2"]
     train_sft.main(flags(world, tmp_path / "a", *args, mode="sft"))
-    step, calls = torch.optim.AdamW.step, [0]
-
-    def dies_at_5(self, *a, **k):                               # killed during the 5th step
-        calls[0] += 1
-        if calls[0] == 5:
-            raise KeyboardInterrupt
-        return step(self, *a, **k)
-    monkeypatch.setattr(torch.optim.AdamW, "step", dies_at_5)
+    undo = kill_at_step(monkeypatch, 5)                       # killed during the 5th step
     with pytest.raises(KeyboardInterrupt):
         train_sft.main(flags(world, tmp_path / "b", *args, mode="sft"))
-    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    undo()
     assert json.load(open(tmp_path / "b" / "ckpt" / "config.json"))["iter"] == 3
     train_sft.main(flags(world, tmp_path / "b", *args, "--resume", mode="sft"))
     a = load_file(str(tmp_path / "a" / "ckpt" / "model.safetensors"))
