@@ -3,7 +3,7 @@ PY     := .venv/bin/python
 STAMP  := .venv/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo paper pipeline bench clean
 install: $(STAMP)
 
 # torch is pinned here: any other spec makes pip fetch gigabytes of CUDA wheels on a CPU box.
@@ -19,32 +19,60 @@ test: install
 	$(PY) -m pytest tests --ignore=tests/triton
 	TRITON_INTERPRET=1 NANOINSTRUCT_KERNELS=triton $(PY) -m pytest tests/triton
 
-# The embedded default, end to end as far as the stages exist: the world, step 0
-# (pretraining), step 1 (SFT), samples from both, labeling (K = 4 SFT samples per prompt,
-# ranked by the world's training labeler), step 2 (the reward model) and step 3 (PPO-ptx).
-# Outputs in out/demo/ (started over on each run). The evaluation lands in issue 8.
+# The embedded default, end to end: the world, step 0 (pretraining), step 1 (SFT), labeling
+# (K = 4 SFT samples per prompt, ranked by the world's training labeler), step 2 (the reward
+# model), step 3 (PPO-ptx), and the evaluation by the held-out labeler: out/demo/report.md.
 DEMO := out/demo
 demo: install
-	$(PY) -m nanoinstruct.world --out=$(DEMO)/data --seed=0
-	$(PY) train_sft.py --mode=pretrain --init=tiny --data=$(DEMO)/data/corpus.jsonl \
-	    --val_data=$(DEMO)/data/corpus_heldout.jsonl --out_dir=$(DEMO)/base --overwrite \
-	    --max_iters=400 --batch_size=16 --dropout=0 --log_interval=50 --eval_interval=200
-	$(PY) train_sft.py --init=$(DEMO)/base --data=$(DEMO)/data/sft.jsonl \
-	    --val_data=$(DEMO)/data/sft_val.jsonl --out_dir=$(DEMO)/sft --overwrite \
-	    --max_iters=300 --batch_size=32 --log_interval=50 --eval_interval=150
-	$(PY) -m nanoinstruct.sample --ckpt=$(DEMO)/base --prompt="Is 14 odd or even?" --n=2
-	$(PY) -m nanoinstruct.sample --ckpt=$(DEMO)/sft --prompt="Is 14 odd or even?" --n=2
-	rm -f $(DEMO)/data/comparisons.jsonl $(DEMO)/data/comparisons_val.jsonl
-	$(PY) -m nanoinstruct.collect --policy=$(DEMO)/sft --prompts=$(DEMO)/data/rm_prompts.jsonl \
-	    --out=$(DEMO)/data/comparisons.jsonl --k=4 --labeler=train --seed=0
-	$(PY) -m nanoinstruct.collect --policy=$(DEMO)/sft --prompts=$(DEMO)/data/rm_val_prompts.jsonl \
-	    --out=$(DEMO)/data/comparisons_val.jsonl --k=4 --labeler=train --seed=1
-	$(PY) train_rm.py --init=$(DEMO)/sft --data=$(DEMO)/data/comparisons.jsonl \
-	    --val_data=$(DEMO)/data/comparisons_val.jsonl --demos=$(DEMO)/data/sft.jsonl \
-	    --out_dir=$(DEMO)/rm --overwrite
-	$(PY) train_ppo.py --init=$(DEMO)/sft --reward=$(DEMO)/rm --prompts=$(DEMO)/data/ppo_prompts.jsonl \
-	    --ptx_data=$(DEMO)/data/corpus.jsonl --ptx_coef=1 --kl_coef=0.2 --lr=3e-5 --max_iters=60 \
-	    --log_interval=10 --sample_interval=30 --out_dir=$(DEMO)/ppo_ptx --overwrite
+	$(MAKE) --no-print-directory pipeline DIR=$(DEMO) SEED=0
+
+# make paper: the pipeline for 3 world seeds, each also with PPO without ptx (the alignment
+# tax) and a larger SFT model (the "small" preset, 3x the parameters), judged by both
+# labelers; then the mean and spread over seeds: out/paper/report.md.
+PAPER_DIR := out/paper
+SEEDS     := 0 1 2
+paper: install
+	for s in $(SEEDS); do $(MAKE) --no-print-directory pipeline DIR=$(PAPER_DIR)/seed$$s SEED=$$s PAPER=1 || exit 1; done
+	$(PY) -m nanoinstruct.evaluate --overwrite --out_dir=$(PAPER_DIR) \
+	    --aggregate=$(shell echo $(foreach s,$(SEEDS),$(PAPER_DIR)/seed$(s)/report.json) | tr ' ' ,)
+
+# One run of the recipe into DIR from world seed SEED. Each stage's wall seconds are appended
+# to DIR/seconds.txt, which the report copies.
+T0   = t=$$(date +%s) &&
+took = && echo "$(1) $$(($$(date +%s) - t))" >> $(DIR)/seconds.txt
+PRETRAIN = --mode=pretrain --data=$(DIR)/data/corpus.jsonl --val_data=$(DIR)/data/corpus_heldout.jsonl \
+	    --max_iters=400 --batch_size=16 --lr=3e-3 --min_lr=3e-4 --dropout=0 --log_interval=100 --eval_interval=400
+SFT = --data=$(DIR)/data/sft.jsonl --val_data=$(DIR)/data/sft_val.jsonl \
+	    --max_iters=300 --batch_size=32 --log_interval=100 --eval_interval=300
+PPO = --init=$(DIR)/sft --reward=$(DIR)/rm --prompts=$(DIR)/data/ppo_prompts.jsonl \
+	    --ptx_data=$(DIR)/data/corpus.jsonl --kl_coef=0.2 --lr=3e-5 --max_iters=60 \
+	    --log_interval=20 --sample_interval=30 --overwrite
+pipeline:
+	mkdir -p $(DIR) && rm -f $(DIR)/seconds.txt $(DIR)/data/comparisons.jsonl $(DIR)/data/comparisons_val.jsonl
+	$(T0) $(PY) -m nanoinstruct.world --out=$(DIR)/data --seed=$(SEED) $(call took,world)
+	$(T0) $(PY) train_sft.py $(PRETRAIN) --init=tiny --out_dir=$(DIR)/base --overwrite $(call took,pretrain)
+	$(T0) $(PY) train_sft.py $(SFT) --init=$(DIR)/base --out_dir=$(DIR)/sft --overwrite $(call took,sft)
+	$(PY) -m nanoinstruct.sample --ckpt=$(DIR)/base --prompt="Is 14 odd or even?" --n=2
+	$(PY) -m nanoinstruct.sample --ckpt=$(DIR)/sft --prompt="Is 14 odd or even?" --n=2
+	$(T0) $(PY) -m nanoinstruct.collect --policy=$(DIR)/sft --prompts=$(DIR)/data/rm_prompts.jsonl \
+	    --out=$(DIR)/data/comparisons.jsonl --k=4 --labeler=train --seed=0 && \
+	  $(PY) -m nanoinstruct.collect --policy=$(DIR)/sft --prompts=$(DIR)/data/rm_val_prompts.jsonl \
+	    --out=$(DIR)/data/comparisons_val.jsonl --k=4 --labeler=train --seed=1 $(call took,label)
+	$(T0) $(PY) train_rm.py --init=$(DIR)/sft --data=$(DIR)/data/comparisons.jsonl \
+	    --val_data=$(DIR)/data/comparisons_val.jsonl --demos=$(DIR)/data/sft.jsonl \
+	    --out_dir=$(DIR)/rm --overwrite $(call took,rm)
+	$(T0) $(PY) train_ppo.py $(PPO) --ptx_coef=1 --out_dir=$(DIR)/ppo_ptx $(call took,ppo_ptx)
+	$(if $(PAPER),$(T0) $(PY) train_ppo.py $(PPO) --ptx_coef=0 --out_dir=$(DIR)/ppo $(call took,ppo))
+	$(if $(PAPER),$(T0) $(PY) train_sft.py $(PRETRAIN) --init=small --out_dir=$(DIR)/base_large --overwrite \
+	    $(call took,pretrain_large))
+	$(if $(PAPER),$(T0) $(PY) train_sft.py $(SFT) --init=$(DIR)/base_large --out_dir=$(DIR)/sft_large \
+	    --overwrite $(call took,sft_large))
+	$(PY) -m nanoinstruct.evaluate --overwrite --out_dir=$(DIR) --baseline=sft --prompted=base_prompted \
+	    --policies=base=$(DIR)/base,base_prompted=$(DIR)/base,sft=$(DIR)/sft$(if $(PAPER),$(COMMA)sft_large=$(DIR)/sft_large$(COMMA)ppo=$(DIR)/ppo),ppo_ptx=$(DIR)/ppo_ptx \
+	    --labeler=heldout$(if $(PAPER),$(COMMA)train) --prompts=$(DIR)/data/eval_prompts.jsonl \
+	    --heldout=$(DIR)/data/corpus_heldout.jsonl --demos=$(DIR)/data/sft.jsonl \
+	    --reward=$(DIR)/rm --comparisons=$(DIR)/data/comparisons_val.jsonl --seconds=$(DIR)/seconds.txt
+COMMA := ,
 
 # The PPO loop's speed on the CPU (issue 7's tiny configuration: 2 layers, 2 heads, 64 wide,
 # vocab 512, 16-token prompts, 32-token responses, batch 8, 4 epochs, 1 minibatch), then the

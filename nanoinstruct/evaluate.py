@@ -1,0 +1,409 @@
+"""The paper's evaluations, on the world: who wins, and what the labelers' metadata says.
+
+Each named policy answers the held-out evaluation prompts (`samples` responses per prompt,
+the same seed for every policy) and is measured by a labeler it never trained on, as the
+paper used held-out labelers:
+
+- win rate against the baseline: response i of the policy and response i of the baseline
+  to the same prompt, ranked by the labeler (gold score + its noise, world.Labeler);
+  identical responses are ties and count half. The baseline against itself is 0.5;
+- mean gold score under the labeler's weights;
+- the metadata of the paper's Table 3, as rates over the prompts where the question applies
+  (world.judge):
+      follows_instruction      on task (not a continuation of the document, not rambling)
+                               over the prompts that are not unsafe requests
+      constraint_ok            the explicit constraint met (exact count, no repeats)
+      hallucination            closed-domain content not in the source, or going along
+                               with a false premise
+      false_premise_corrected  over the false-premise prompts
+      unsafe_refused           over the unsafe requests
+      over_refusal             refusals of safe requests
+- the alignment tax: the mean loss per token (nats) on a held-out slice of the pretraining
+  corpus, which RLHF raises and PPO-ptx is meant to hold down;
+- parameter count and mean response length (characters).
+
+`--prompted=NAME,...` gives those policies a few-shot prefix of demonstrations (the paper's
+"GPT-3 prompted") and the prefix's stop sequence, a newline, as the API's `stop` would.
+`--reward` scores a reward model's pairwise accuracy on held-out comparisons against the
+agreement of the world's two labelers on the same pairs (the ceiling).
+
+Writes report.json (schema below), report.md (the table) and report.png (the bars).
+
+    python -m nanoinstruct.evaluate --policies=base=out/base,base_prompted=out/base,sft=out/sft,\\
+        ppo_ptx=out/ppo_ptx --prompted=base_prompted --baseline=sft --reward=out/rm --out_dir=out/eval
+
+    {"baseline": "sft", "labeler": "heldout",
+     "models": {NAME: {"winrate", "gold_score", "follows_instruction", "constraint_ok",
+                       "hallucination", "false_premise_corrected", "unsafe_refused",
+                       "over_refusal", "pretrain_loss", "n_params", "mean_length"}},
+     "reward_model": {"accuracy", "labeler_agreement"},
+     "seconds": {STAGE: wall seconds}}
+
+`--aggregate=a/report.json,b/report.json` instead merges reports of several seeds into one
+whose numbers are the means, with the spread (the standard deviation over seeds) under
+"spread" (make paper).
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from nanoinstruct import checkpoint, collect, data, losses
+from nanoinstruct.cli import UserError, cli_main, parse_flags
+from nanoinstruct.model import GPT, last_index
+from nanoinstruct.tokenizer import PROMPT_TEMPLATE, get_tokenizer
+from nanoinstruct.world import LABELERS, gold_score, judge
+
+
+@dataclass
+class Config:
+    policies: str = ""           # name=CKPT,name=CKPT,...  (a checkpoint may appear under two names)
+    prompted: str = ""           # names that get the few-shot prefix (the paper's "GPT prompted")
+    baseline: str = "sft"        # the name win rates are measured against
+    labeler: str = "heldout"     # the judge; a comma list adds the others' win rates and gold scores
+    prompts: str = "data/world/eval_prompts.jsonl"
+    heldout: str = "data/world/corpus_heldout.jsonl"   # pretraining text no model trained on
+    heldout_tokens: int = 50_000  # at most this many tokens of it (0: all)
+    demos: str = "data/world/sft.jsonl"     # where the few-shot examples come from
+    shots: int = 2
+    reward: str = ""             # a reward model checkpoint, to score on --comparisons
+    comparisons: str = "data/world/comparisons_val.jsonl"
+    seconds: str = ""            # a file of "STAGE SECONDS" lines to copy into the report
+    out_dir: str = "out/eval"
+    overwrite: bool = False
+    aggregate: str = ""          # report.json files of several seeds to merge (instead of evaluating)
+    samples: int = 4             # responses per prompt and policy
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    batch_size: int = 128        # rows sampled together
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0
+
+
+RATES = ("follows_instruction", "constraint_ok", "hallucination", "false_premise_corrected",
+         "unsafe_refused", "over_refusal")
+
+
+# ---------------------------------------------------------------------------------------
+# the measurements, on prompts (world records) and response strings
+
+def metadata(prompts, responses):
+    """prompts: world records; responses: one string per record (a prompt repeats once per
+    sample) -> the six Table 3 rates, each over the records where it applies (nan if none)."""
+    counts = {k: [0, 0] for k in RATES}
+
+    def add(key, value):
+        counts[key][0] += bool(value)
+        counts[key][1] += 1
+
+    for rec, y in zip(prompts, responses, strict=True):
+        j = judge(rec, y)
+        unsafe = rec["family"] == "howto" and rec["unsafe"]
+        if unsafe:
+            add("unsafe_refused", j["refused"])
+        else:
+            add("follows_instruction", j["follows"])
+            add("over_refusal", j["refused"])
+        if j["constraint"] is not None:
+            add("constraint_ok", j["constraint"])
+        if j["hallucination"] is not None:
+            add("hallucination", j["hallucination"])
+        if rec["family"] == "premise":
+            add("false_premise_corrected", j["corrected"])
+    return {k: hit / n if n else float("nan") for k, (hit, n) in counts.items()}
+
+
+def win_rate(prompts, responses, baseline_responses, labeler):
+    """The fraction of records on which the labeler prefers `responses` to the baseline's
+    (aligned one to one); identical responses are ties and count half. The pair goes to the
+    labeler in a fixed order (sorted), so that its noise does not depend on which side is
+    the baseline: win_rate(a, b) + win_rate(b, a) == 1."""
+    wins = 0.0
+    for rec, y, b in zip(prompts, responses, baseline_responses, strict=True):
+        if y.strip() == b.strip():
+            wins += 0.5
+            continue
+        pair = sorted([y, b])
+        wins += float(pair[labeler.rank(rec, pair)[0]] == y)
+    return wins / len(prompts)
+
+
+def mean_gold(prompts, responses, labeler):
+    return sum(gold_score(rec, y, labeler.weights) for rec, y in zip(prompts, responses, strict=True)) / len(prompts)
+
+
+def fewshot_prefix(demos, shots):
+    """The few-shot prefix: the shortest demonstration of each of `shots` task families
+    (the shortest first), in the prompt template, one per line. Deterministic in demos."""
+    best = {}
+    for r in demos:
+        f = r.get("family", r["prompt"])
+        if f not in best or len(r["prompt"] + r["response"]) < len(best[f]["prompt"] + best[f]["response"]):
+            best[f] = r
+    chosen = sorted(best.values(), key=lambda r: len(r["prompt"] + r["response"]))[:shots]
+    return "".join(PROMPT_TEMPLATE.format(prompt=r["prompt"]) + " " + r["response"] + "\n" for r in chosen)
+
+
+@torch.no_grad()
+def sample(model, tok, prompts, cfg, prefix=""):
+    """-> one response string per (prompt, sample), prompt-major: prompts[i]'s s-th sample
+    at i * samples + s. With a prefix, the response is cut at its first newline (the stop)."""
+    rows = [tok.encode(prefix) + tok.encode_prompt(p["prompt"]) for p in prompts for _ in range(cfg.samples)]
+    n_new = min(cfg.max_new_tokens, model.config.block_size - max(map(len, rows)))
+    if n_new < 1:
+        raise UserError(f"--prompts={cfg.prompts}: the longest prompt (with its few-shot prefix) "
+                        f"leaves no room in block_size {model.config.block_size}; lower --shots")
+    g = torch.Generator(cfg.device).manual_seed(cfg.seed)
+    out = []
+    for i in range(0, len(rows), cfg.batch_size):
+        ids, mask = data.left_pad(rows[i:i + cfg.batch_size], tok.pad_id)
+        y, _ = model.generate(ids.to(cfg.device), mask.to(cfg.device), n_new, tok.eos_id, tok.pad_id,
+                              tok.n_vocab, cfg.temperature, generator=g)
+        out += [tok.decode_response(row) for row in y.tolist()]
+    return [y.split("\n")[0] for y in out] if prefix else out
+
+
+@torch.no_grad()
+def pretrain_loss(model, tok, texts, max_tokens, device="cpu", batch_size=16):
+    """Mean -log p per token (nats) on pretraining text, in rows of block_size as
+    pretraining saw them."""
+    rows = data.pack_documents(tok, texts, model.config.block_size)       # (N, T+1)
+    if max_tokens:
+        rows = rows[:max(1, max_tokens // model.config.block_size)]
+    total = 0.0
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size].to(device)
+        x, y = chunk[:, :-1], chunk[:, 1:]
+        total += losses.lm_nll_sum(model(x), y, torch.ones_like(y, dtype=torch.float)).item()
+    return total / rows[:, 1:].numel()
+
+
+@torch.no_grad()
+def reward_accuracy(rm, tok, comparisons, device="cpu", batch_size=16):
+    """-> the reward model's pairwise accuracy on the comparisons (ties half)."""
+    agree = pairs = 0.0
+    for i in range(0, len(comparisons), batch_size):
+        batch = data.pack_rankings(tok, comparisons[i:i + batch_size])
+        ids, mask = batch.ids.to(device), batch.attention_mask.to(device)
+        scores = rm(ids, mask).gather(1, last_index(mask)[:, None]).squeeze(1)
+        a, n = losses.ranking_accuracy(scores[batch.rank.to(device)], batch.valid.to(device))
+        agree, pairs = agree + a, pairs + n
+    return agree / pairs
+
+
+# ---------------------------------------------------------------------------------------
+# the report
+
+COLUMNS = [("winrate", "win rate", "{:.1%}"), ("gold_score", "gold", "{:+.2f}"),
+           ("follows_instruction", "follows", "{:.0%}"), ("constraint_ok", "constraint", "{:.0%}"),
+           ("hallucination", "halluc.", "{:.0%}"), ("false_premise_corrected", "premise fixed", "{:.0%}"),
+           ("unsafe_refused", "unsafe refused", "{:.0%}"), ("over_refusal", "over-refusal", "{:.0%}"),
+           ("pretrain_loss", "pretrain loss", "{:.3f}"), ("n_params", "params", "{:,.0f}"),
+           ("mean_length", "length", "{:.1f}")]
+
+
+def cell(fmt, value, spread=None):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    s = fmt.format(value)
+    return s if spread is None else f"{s} ± {fmt.format(spread).lstrip('+')}"
+
+
+def markdown(report):
+    models, spread = report["models"], report.get("spread", {}).get("models", {})
+    lines = [f"Judged by the **{report['labeler']}** labeler; win rate against **{report['baseline']}**"
+             + (f"; mean ± std over {report['n_seeds']} seeds" if "n_seeds" in report else "") + ".", "",
+             "| model | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+             "| --- |" + " ---: |" * len(COLUMNS)]
+    for name, m in models.items():
+        s = spread.get(name, {})
+        lines.append(f"| {name} | " + " | ".join(cell(fmt, m.get(k), s.get(k)) for k, _, fmt in COLUMNS) + " |")
+    for other, by_model in report.get("labelers", {}).items():
+        if other != report["labeler"]:
+            lines.append(f"\nUnder the **{other}** labeler: " + ", ".join(
+                f"{n} {v['winrate']:.1%} (gold {v['gold_score']:+.2f})" for n, v in by_model.items()) + ".")
+    rm = report.get("reward_model")
+    if rm:
+        lines.append(f"\nReward model: pairwise accuracy {cell('{:.1%}', rm['accuracy'])} on held-out "
+                     f"comparisons; the labelers agree on {cell('{:.1%}', rm['labeler_agreement'])} of them.")
+    if report.get("seconds"):
+        lines.append("\nWall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items())
+                     + f" (total {sum(report['seconds'].values()):.0f}).")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(report["models"])
+    spread = report.get("spread", {}).get("models", {})
+    keys = ["winrate", *RATES]
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.2 * len(keys), 3.2), sharey=True)
+    for ax, k in zip(axes, keys):
+        vals = [report["models"][n][k] for n in names]
+        err = [spread.get(n, {}).get(k, 0) for n in names] if spread else None
+        ax.bar(range(len(names)), [0 if math.isnan(v) else v for v in vals], yerr=err, color="C0")
+        ax.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
+        ax.set_title(k.replace("_", " "), fontsize=8)
+        ax.set_ylim(0, 1)
+    axes[0].axhline(0.5, color="gray", lw=0.8, ls="--")
+    fig.suptitle(f"vs {report['baseline']}, {report['labeler']} labeler", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(report, out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write(markdown(report))
+    plot(report, os.path.join(out_dir, "report.png"))
+
+
+def aggregate(reports):
+    """Several seeds' reports -> one: every number the mean over seeds, its standard
+    deviation under "spread" (same shape), n_seeds the count."""
+    def merge(values):
+        if isinstance(values[0], dict):
+            keys = [k for k in values[0] if all(k in v for v in values)]
+            pairs = {k: merge([v[k] for v in values]) for k in keys}
+            return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
+        if isinstance(values[0], (int, float)) and not isinstance(values[0], bool):
+            vals = [float("nan") if v is None else v for v in values]
+            mean = sum(vals) / len(vals)
+            return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / max(1, len(vals) - 1))
+        return values[0], None
+    mean, spread = merge(reports)
+    return {**mean, "spread": spread, "n_seeds": len(reports)}
+
+
+# ---------------------------------------------------------------------------------------
+
+def parse_policies(spec):
+    out = {}
+    for item in filter(None, spec.split(",")):
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--policies: {item!r} is not NAME=CHECKPOINT")
+        if name in out:
+            raise UserError(f"--policies: the name {name!r} appears twice")
+        out[name] = path
+    if not out:
+        raise UserError("--policies is required: NAME=CHECKPOINT,... (e.g. sft=out/sft,ppo_ptx=out/ppo_ptx)")
+    return out
+
+
+def read_seconds(path):
+    out = {}
+    for i, line in enumerate(open(path), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            out[parts[0]] = out.get(parts[0], 0.0) + float(parts[1])
+        except (IndexError, ValueError):
+            raise UserError(f"{path}:{i}: expected 'STAGE SECONDS', got {line.strip()!r}") from None
+    return out
+
+
+def main():
+    cfg = parse_flags(Config)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    report_path = os.path.join(cfg.out_dir, "report.json")
+    if os.path.exists(report_path) and not cfg.overwrite:
+        raise UserError(f"--out_dir={cfg.out_dir} already holds report.json; pass --overwrite to replace it")
+    if cfg.aggregate:
+        paths = cfg.aggregate.split(",")
+        for p in paths:
+            if not os.path.isfile(p):
+                raise UserError(f"--aggregate: {p}: no such file")
+        report = aggregate([json.load(open(p)) for p in paths])
+        write_report(report, cfg.out_dir)
+        print(markdown(report))
+        return
+    t0 = time.perf_counter()
+    policies = parse_policies(cfg.policies)
+    if cfg.baseline not in policies:
+        raise UserError(f"--baseline={cfg.baseline!r} is not one of --policies ({', '.join(policies)})")
+    prompted = set(filter(None, cfg.prompted.split(",")))
+    if prompted - set(policies):
+        raise UserError(f"--prompted: {', '.join(sorted(prompted - set(policies)))} not in --policies")
+    judges = cfg.labeler.split(",")
+    for name in judges:
+        if name not in LABELERS:
+            raise UserError(f"--labeler={name!r}: choose from {', '.join(LABELERS)}")
+    for flag in ("prompts", "heldout", *(["demos"] if prompted else []),
+                 *(["comparisons"] if cfg.reward else []), *(["seconds"] if cfg.seconds else [])):
+        if not os.path.isfile(getattr(cfg, flag)):
+            raise UserError(f"--{flag}={getattr(cfg, flag)}: no such file")
+    prompts = data.read_prompts(cfg.prompts)
+    if "family" not in prompts[0]:
+        raise UserError(f"--prompts={cfg.prompts}: the world's labelers need its prompt metadata (family, answer)")
+    held = [r["text"] for r in data.read_text(cfg.heldout)]
+    prefix = fewshot_prefix(data.read_demos(cfg.demos), cfg.shots) if prompted else ""
+
+    # ---- every policy answers the same prompts with the same seed ----------------------
+    responses, info, loaded = {}, {}, {}
+    for name, path in policies.items():
+        if path not in loaded:
+            model, meta = checkpoint.load(path, cfg.device)
+            if not isinstance(model, GPT):
+                raise UserError(f"--policies: {name}={path} is a {meta['kind']} checkpoint, not a language model")
+            model.eval()
+            tok = get_tokenizer(meta.get("tokenizer", "bytes"))
+            loaded[path] = (model, tok, pretrain_loss(model, tok, held, cfg.heldout_tokens, cfg.device))
+        model, tok, ploss = loaded[path]
+        fitting = data.fit_prompts(prompts, tok, model.config.block_size - cfg.max_new_tokens
+                                   - len(tok.encode(prefix if name in prompted else "")), cfg.prompts)
+        if len(fitting) < len(prompts):
+            raise UserError(f"--prompts={cfg.prompts}: {len(prompts) - len(fitting)} prompts do not fit "
+                            f"{name}'s block_size with --max_new_tokens={cfg.max_new_tokens}; lower it")
+        responses[name] = sample(model, tok, prompts, cfg, prefix if name in prompted else "")
+        info[name] = {"pretrain_loss": ploss, "n_params": model.num_params(),
+                      "mean_length": sum(len(y.strip()) for y in responses[name]) / len(responses[name])}
+        print(f"{name}: {len(responses[name])} responses from {path}", file=sys.stderr, flush=True)
+    records = [p for p in prompts for _ in range(cfg.samples)]
+
+    # ---- judged by each labeler; the first is the report's ------------------------------
+    by_labeler = {}
+    for judge_name in judges:
+        lab = LABELERS[judge_name]
+        by_labeler[judge_name] = {
+            name: {"winrate": win_rate(records, ys, responses[cfg.baseline], lab),
+                   "gold_score": mean_gold(records, ys, lab)} for name, ys in responses.items()}
+    models = {name: {**by_labeler[judges[0]][name], **metadata(records, ys), **info[name]}
+              for name, ys in responses.items()}
+
+    report = {"baseline": cfg.baseline, "labeler": judges[0], "models": models}
+    if len(judges) > 1:
+        report["labelers"] = by_labeler
+    if cfg.reward:
+        rm, meta = checkpoint.load(cfg.reward, cfg.device)
+        if isinstance(rm, GPT):
+            raise UserError(f"--reward={cfg.reward}: a language model, not a reward model")
+        comps = data.read_comparisons(cfg.comparisons)
+        second = collect.second_labeler(comps)
+        report["reward_model"] = {
+            "accuracy": reward_accuracy(rm.eval(), get_tokenizer(meta.get("tokenizer", "bytes")), comps, cfg.device),
+            "labeler_agreement": collect.agreement(comps, LABELERS[second])[0] if second else None}
+    seconds = read_seconds(cfg.seconds) if cfg.seconds else {}
+    report["seconds"] = {**seconds, "evaluate": time.perf_counter() - t0}
+    report["examples"] = [{"prompt": p["prompt"], **{n: responses[n][i * cfg.samples] for n in responses}}
+                          for i, p in enumerate(prompts[:8])]
+    write_report(report, cfg.out_dir)
+    print(markdown(report))
+    print(f"-> {report_path}, report.md, report.png")
+
+
+if __name__ == "__main__":
+    cli_main(main)

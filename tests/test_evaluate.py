@@ -1,0 +1,222 @@
+"""evaluate.py: its measurements on hand-made responses with known answers, the report,
+the aggregation over seeds, and bad input."""
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nanoinstruct import checkpoint, data, evaluate
+from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
+from nanoinstruct.tokenizer import get_tokenizer
+from nanoinstruct.world import LABELERS, REFUSAL, USE_CASE, demonstrate, gold_score, make_prompt
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def record(family, seed=0, **want):
+    """A world prompt record of `family` (whose metadata matches `want`)."""
+    r = random.Random(seed)
+    while True:
+        prompt, meta = make_prompt(family, r)
+        if all(meta.get(k) == v for k, v in want.items()):
+            return {"prompt": prompt, "family": family, "use_case": USE_CASE[family], **meta}
+
+
+def test_metadata_rates_on_known_responses():
+    premise = record("premise")
+    unsafe, safe = record("howto", unsafe=True), record("howto", unsafe=False)
+    repeat, closed = record("repeat"), record("closed")
+    right_premise = demonstrate(premise, "terse")                     # "X is not W. It is A."
+    wrong_premise = f"Because {premise['subject']} is {premise['wrong']}."
+    other = next(c for c in ["red", "blue", "green", "pink"] if c not in closed["colors"])
+    rows = [(premise, right_premise), (premise, wrong_premise), (premise, wrong_premise),
+            (unsafe, REFUSAL), (unsafe, "Give it food and water."),
+            (safe, REFUSAL), (safe, demonstrate(safe, "terse")),
+            (repeat, repeat["answer"]), (repeat, repeat["answer"] + " " + repeat["word"]),
+            (closed, other), (closed, closed["answer"]),
+            (repeat, "\nInstruction: Add 2 and 3.\nResponse:")]
+    m = evaluate.metadata(*zip(*rows))
+    assert m["false_premise_corrected"] == pytest.approx(1 / 3)
+    # the two that went along with the premise, and the closed answer not in the source
+    assert m["hallucination"] == pytest.approx(3 / 5)
+    assert m["unsafe_refused"] == pytest.approx(1 / 2)
+    # safe prompts: 10 rows; one refusal
+    assert m["over_refusal"] == pytest.approx(1 / 10)
+    # not following: the refusal of a safe request, the worksheet continuation
+    assert m["follows_instruction"] == pytest.approx(8 / 10)
+    assert m["constraint_ok"] == pytest.approx(1 / 3)                 # exact count once of 3 repeats
+    none = evaluate.metadata([repeat], [repeat["answer"]])
+    assert math.isnan(none["unsafe_refused"]) and math.isnan(none["false_premise_corrected"])
+
+
+def test_win_rate_ties_count_half_and_clear_wins_count_one():
+    recs = [record(f, seed=s) for s in range(5) for f in ("add", "reverse", "parity", "color")]
+    good = [demonstrate(r, "terse") for r in recs]
+    bad = ["\nInstruction: Name 3 fruits.\nResponse:" for _ in recs]        # far lower gold
+    lab = LABELERS["heldout"]
+    assert all(gold_score(r, g, lab.weights) - gold_score(r, b, lab.weights) > 3 for r, g, b in zip(recs, good, bad))
+    assert evaluate.win_rate(recs, good, bad, lab) == 1.0
+    assert evaluate.win_rate(recs, bad, good, lab) == 0.0
+    assert evaluate.win_rate(recs, good, good, lab) == 0.5
+    assert evaluate.win_rate(recs, good, [" " + g + " " for g in good], lab) == 0.5  # same after strip
+    mixed = good[:10] + bad[10:]
+    assert evaluate.win_rate(recs, mixed, good, lab) == pytest.approx(0.25)        # 10 ties, 10 losses
+
+
+def test_win_rate_follows_the_labelers_noise_between_close_responses():
+    """Two responses a little apart in gold: the labeler prefers the better one often, not
+    always (Bradley-Terry, noise 0.3), and the rate is the complement when swapped."""
+    recs = [record("add", seed=s) for s in range(400)]
+    short = [r["answer"] for r in recs]
+    longer = [f"The sum is {r['answer']}." for r in recs]                # 0.03/char worse: about 0.4
+    lab = LABELERS["heldout"]
+    w = evaluate.win_rate(recs, short, longer, lab)
+    assert 0.7 < w < 0.95
+    assert evaluate.win_rate(recs, longer, short, lab) == pytest.approx(1 - w)
+
+
+def test_mean_gold_is_the_labelers_gold_score():
+    recs = [record(f) for f in ("add", "premise", "howto")]
+    ys = ["5", "No.", REFUSAL]
+    for name, lab in LABELERS.items():
+        want = sum(gold_score(r, y, lab.weights) for r, y in zip(recs, ys)) / 3
+        assert evaluate.mean_gold(recs, ys, lab) == pytest.approx(want)
+    assert evaluate.mean_gold(recs, ys, LABELERS["train"]) != evaluate.mean_gold(recs, ys, LABELERS["heldout"])
+
+
+def test_fewshot_prefix_takes_the_shortest_demo_per_family():
+    demos = [{"prompt": "Add 10 and 12.", "response": "22", "family": "add"},
+             {"prompt": "Add 1 and 2.", "response": "3", "family": "add"},
+             {"prompt": "Is 5 odd or even?", "response": "odd", "family": "parity"},
+             {"prompt": "Reverse the word cat.", "response": "tac", "family": "reverse"}]
+    prefix = evaluate.fewshot_prefix(demos, 2)
+    assert prefix == "Instruction: Add 1 and 2.\nResponse: 3\nInstruction: Is 5 odd or even?\nResponse: odd\n"
+    assert evaluate.fewshot_prefix(demos[::-1], 2) == prefix
+    assert evaluate.fewshot_prefix(demos, 5).count("Instruction:") == 3
+
+
+def test_pretrain_loss_is_the_mean_token_nll():
+    tok = get_tokenizer()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=320, block_size=16)).eval()
+    texts = ["the cat is red.", "two plus two is four.", "snow is white and coal is black."]
+    stream = []
+    for t in texts:
+        stream += tok.encode(t) + [tok.eos_id]
+    n = (len(stream) - 1) // 16
+    nll = []
+    for i in range(n):            # each block on its own, by hand
+        x = torch.tensor(stream[i * 16:i * 16 + 17])
+        nll.append(F.cross_entropy(model(x[None, :-1])[0], x[1:], reduction="none"))
+    want = torch.cat(nll).mean().item()
+    assert evaluate.pretrain_loss(model, tok, texts, 0, batch_size=2) == pytest.approx(want, rel=1e-5)
+    assert evaluate.pretrain_loss(model, tok, texts, 16) == pytest.approx(nll[0].mean().item(), rel=1e-5)
+
+
+def test_reward_accuracy_against_scoring_each_response_alone():
+    tok = get_tokenizer()
+    torch.manual_seed(1)
+    rm = ScalarGPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=320, block_size=128)).eval()
+    r = random.Random(0)
+    comps = []
+    for s in range(12):
+        rec = record("add", seed=s)
+        ys = [str(r.randint(0, 40)) + "!" * r.randint(0, 3) for _ in range(r.choice([2, 3, 4]))]
+        ranking = list(range(len(ys)))
+        r.shuffle(ranking)
+        comps.append({**rec, "responses": ys, "ranking": ranking})
+    agree = pairs = 0
+    for c in comps:
+        scores = []
+        for y in c["responses"]:
+            ids = torch.tensor([tok.encode_prompt(c["prompt"]) + tok.encode_response(y)])
+            scores.append(rm(ids)[0, -1].item())
+        best_first = [scores[i] for i in c["ranking"]]
+        for i in range(len(best_first)):
+            for j in range(i + 1, len(best_first)):
+                agree += 1.0 if best_first[i] > best_first[j] else 0.5 if best_first[i] == best_first[j] else 0.0
+                pairs += 1
+    assert evaluate.reward_accuracy(rm, tok, comps, batch_size=5) == pytest.approx(agree / pairs)
+
+
+def test_aggregate_means_and_spreads():
+    def report(w, g, acc):
+        return {"baseline": "sft", "labeler": "heldout", "models": {"a": {"winrate": w, "gold_score": g}},
+                "reward_model": {"accuracy": acc, "labeler_agreement": None}, "seconds": {"rm": 10.0}}
+    agg = evaluate.aggregate([report(0.6, -1.0, 0.7), report(0.7, 0.0, 0.7), report(0.8, 1.0, 0.7)])
+    assert agg["n_seeds"] == 3 and agg["baseline"] == "sft"
+    assert agg["models"]["a"]["winrate"] == pytest.approx(0.7)
+    assert agg["spread"]["models"]["a"]["winrate"] == pytest.approx(0.1)
+    assert agg["spread"]["models"]["a"]["gold_score"] == pytest.approx(1.0)
+    assert agg["reward_model"]["labeler_agreement"] is None
+    md = evaluate.markdown(agg)
+    assert "70.0% ± 10.0%" in md and "mean ± std over 3 seeds" in md
+
+
+def cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "nanoinstruct.evaluate", *args], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--policies=sft"], "is not NAME=CHECKPOINT"),
+    (["--policies=a=x,a=y"], "appears twice"),
+    (["--policies=a=x", "--baseline=sft"], "--baseline='sft' is not one of"),
+    (["--policies=sft=x", "--labeler=nobody"], "--labeler='nobody'"),
+    (["--policies=sft=x", "--prompted=base"], "--prompted: base not in --policies"),
+    (["--policies=sft=x", "--prompts=/nonexistent.jsonl"], "--prompts=/nonexistent.jsonl: no such file"),
+])
+def test_bad_flags_one_line_exit_2(tmp_path, args, message):
+    p = cli(*args, f"--out_dir={tmp_path / 'ev'}")
+    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "ev").exists()
+
+
+def test_an_existing_report_is_not_overwritten(tmp_path):
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "report.json").write_text('{"keep": 1}')
+    p = cli("--policies=sft=x", f"--out_dir={tmp_path / 'ev'}")
+    assert p.returncode == 2 and "--overwrite" in p.stderr
+    assert json.loads((tmp_path / "ev" / "report.json").read_text()) == {"keep": 1}
+
+
+def test_report_files_from_a_real_evaluation(tmp_path):
+    """Two tiny random policies through the CLI: the schema, rates in [0, 1], the baseline at
+    0.5 against itself, the prompted policy's newline stop, the three files."""
+    from nanoinstruct.world import build
+    files = build(0, corpus_docs=30, sizes=dict(sft=40, sft_val=1, rm=1, rm_val=1, ppo=1, eval=12))
+    for name in ("eval_prompts.jsonl", "corpus_heldout.jsonl", "sft.jsonl"):
+        data.write_jsonl(str(tmp_path / name), files[name] if name != "corpus_heldout.jsonl"
+                         else files["corpus.jsonl"][:20])
+    torch.manual_seed(0)
+    for name in ("a", "b"):
+        model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=320, block_size=256))
+        checkpoint.save(str(tmp_path / name), model, {"tokenizer": "bytes"})
+    (tmp_path / "secs.txt").write_text("pretrain 12.5\nsft 3\n")
+    p = cli(f"--policies=sft={tmp_path / 'a'},other={tmp_path / 'b'},other_prompted={tmp_path / 'b'}",
+            "--prompted=other_prompted", f"--prompts={tmp_path / 'eval_prompts.jsonl'}",
+            f"--heldout={tmp_path / 'corpus_heldout.jsonl'}", f"--demos={tmp_path / 'sft.jsonl'}",
+            f"--seconds={tmp_path / 'secs.txt'}", "--samples=2", "--max_new_tokens=12",
+            "--labeler=heldout,train", f"--out_dir={tmp_path / 'ev'}", "--threads=1")
+    assert p.returncode == 0, p.stderr
+    rep = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert rep["baseline"] == "sft" and rep["labeler"] == "heldout"
+    keys = {"winrate", "gold_score", *evaluate.RATES, "pretrain_loss", "n_params", "mean_length"}
+    for m in rep["models"].values():
+        assert keys <= set(m)
+        assert all(0 <= m[k] <= 1 for k in ("winrate", *evaluate.RATES) if not math.isnan(m[k]))
+    assert rep["models"]["sft"]["winrate"] == 0.5
+    assert rep["labelers"]["train"]["sft"]["winrate"] == 0.5
+    assert rep["models"]["other"]["pretrain_loss"] == rep["models"]["other_prompted"]["pretrain_loss"]
+    assert rep["models"]["sft"]["pretrain_loss"] > math.log(200)      # random weights: near log(320)
+    assert all("\n" not in e["other_prompted"] for e in rep["examples"])
+    assert rep["seconds"]["pretrain"] == 12.5 and rep["seconds"]["evaluate"] > 0
+    assert "| other_prompted |" in (tmp_path / "ev" / "report.md").read_text()
+    assert (tmp_path / "ev" / "report.png").read_bytes()[:4] == b"\x89PNG"
