@@ -61,7 +61,7 @@ pipeline:
 	$(T0) $(PY) train_rm.py --init=$(DIR)/sft --data=$(DIR)/data/comparisons.jsonl \
 	    --val_data=$(DIR)/data/comparisons_val.jsonl --demos=$(DIR)/data/sft.jsonl \
 	    --out_dir=$(DIR)/rm --overwrite $(call took,rm)
-	$(T0) $(PY) train_ppo.py $(PPO) --ptx_coef=1 --out_dir=$(DIR)/ppo_ptx $(call took,ppo_ptx)
+	$(T0) $(PY) train_ppo.py $(PPO) --ptx_coef=0.1 --out_dir=$(DIR)/ppo_ptx $(call took,ppo_ptx)
 	$(if $(PAPER),$(T0) $(PY) train_ppo.py $(PPO) --ptx_coef=0 --out_dir=$(DIR)/ppo $(call took,ppo))
 	$(if $(PAPER),$(T0) $(PY) train_sft.py $(PRETRAIN) --init=small --out_dir=$(DIR)/base_large --overwrite \
 	    $(call took,pretrain_large))

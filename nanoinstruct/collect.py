@@ -88,8 +88,8 @@ def agreement(comparisons, labeler):
 
 
 @torch.no_grad()
-def main():
-    cfg = parse_flags(Config)
+def main(argv=None):
+    cfg = parse_flags(Config, argv)
     for flag in ("policy", "prompts", "out"):
         if not getattr(cfg, flag):
             raise UserError(f"--{flag} is required")

@@ -23,7 +23,8 @@ paper used held-out labelers:
 - parameter count and mean response length (characters).
 
 `--prompted=NAME,...` gives those policies a few-shot prefix of demonstrations (the paper's
-"GPT-3 prompted") and the prefix's stop sequence, a newline, as the API's `stop` would.
+"GPT-3 prompted") and keeps the first non-empty line of the response: the examples answer
+on one line, so the newline after an answer is the stop sequence, as the API's `stop` is.
 `--reward` scores a reward model's pairwise accuracy on held-out comparisons against the
 agreement of the world's two labelers on the same pairs (the ceiling).
 
@@ -153,7 +154,8 @@ def fewshot_prefix(demos, shots):
 @torch.no_grad()
 def sample(model, tok, prompts, cfg, prefix=""):
     """-> one response string per (prompt, sample), prompt-major: prompts[i]'s s-th sample
-    at i * samples + s. With a prefix, the response is cut at its first newline (the stop)."""
+    at i * samples + s. With a prefix, the response is its first non-empty line: the
+    examples put each answer on one line, so a newline after it is the stop sequence."""
     rows = [tok.encode(prefix) + tok.encode_prompt(p["prompt"]) for p in prompts for _ in range(cfg.samples)]
     n_new = min(cfg.max_new_tokens, model.config.block_size - max(map(len, rows)))
     if n_new < 1:
@@ -166,7 +168,7 @@ def sample(model, tok, prompts, cfg, prefix=""):
         y, _ = model.generate(ids.to(cfg.device), mask.to(cfg.device), n_new, tok.eos_id, tok.pad_id,
                               tok.n_vocab, cfg.temperature, generator=g)
         out += [tok.decode_response(row) for row in y.tolist()]
-    return [y.split("\n")[0] for y in out] if prefix else out
+    return [y.lstrip("\n").split("\n")[0] for y in out] if prefix else out
 
 
 @torch.no_grad()
@@ -315,8 +317,8 @@ def read_seconds(path):
     return out
 
 
-def main():
-    cfg = parse_flags(Config)
+def main(argv=None):
+    cfg = parse_flags(Config, argv)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     report_path = os.path.join(cfg.out_dir, "report.json")
