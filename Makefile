@@ -69,7 +69,7 @@ pipeline:
 	    --overwrite $(call took,sft_large))
 	$(PY) -m nanoinstruct.evaluate --overwrite --out_dir=$(DIR) --baseline=sft --prompted=base_prompted \
 	    --policies=base=$(DIR)/base,base_prompted=$(DIR)/base,sft=$(DIR)/sft$(if $(PAPER),$(COMMA)sft_large=$(DIR)/sft_large$(COMMA)ppo=$(DIR)/ppo),ppo_ptx=$(DIR)/ppo_ptx \
-	    --labeler=heldout$(if $(PAPER),$(COMMA)train) --prompts=$(DIR)/data/eval_prompts.jsonl \
+	    --labeler=heldout$(if $(PAPER),$(COMMA)train --versus=ppo_ptx:sft_large) --prompts=$(DIR)/data/eval_prompts.jsonl \
 	    --heldout=$(DIR)/data/corpus_heldout.jsonl --demos=$(DIR)/data/sft.jsonl \
 	    --reward=$(DIR)/rm --comparisons=$(DIR)/data/comparisons_val.jsonl --seconds=$(DIR)/seconds.txt
 COMMA := ,

@@ -40,6 +40,9 @@ Writes report.json (schema below), report.md (the table) and report.png (the bar
      "reward_model": {"accuracy", "labeler_agreement"},
      "seconds": {STAGE: wall seconds}}
 
+plus, where asked for, "labelers" (every judge's win rates and gold scores), "versus"
+(head-to-head win rates, --versus=A:B) and "examples" (a few prompts with each response).
+
 `--aggregate=a/report.json,b/report.json` instead merges reports of several seeds into one
 whose numbers are the means, with the spread (the standard deviation over seeds) under
 "spread" (make paper).
@@ -66,6 +69,7 @@ class Config:
     policies: str = ""           # name=CKPT,name=CKPT,...  (a checkpoint may appear under two names)
     prompted: str = ""           # names that get the few-shot prefix (the paper's "GPT prompted")
     baseline: str = "sft"        # the name win rates are measured against
+    versus: str = ""             # extra head-to-head win rates, A:B,... (e.g. ppo_ptx:sft_large)
     labeler: str = "heldout"     # the judge; a comma list adds the others' win rates and gold scores
     prompts: str = "data/world/eval_prompts.jsonl"
     heldout: str = "data/world/corpus_heldout.jsonl"   # pretraining text no model trained on
@@ -230,6 +234,10 @@ def markdown(report):
         if other != report["labeler"]:
             lines.append(f"\nUnder the **{other}** labeler: " + ", ".join(
                 f"{n} {v['winrate']:.1%} (gold {v['gold_score']:+.2f})" for n, v in by_model.items()) + ".")
+    for pair, by_judge in report.get("versus", {}).items():
+        s = report.get("spread", {}).get("versus", {}).get(pair, {})
+        lines.append(f"\nHead to head, {pair}: " + ", ".join(
+            f"{cell('{:.1%}', w, s.get(j))} ({j} labeler)" for j, w in by_judge.items()) + ".")
     rm = report.get("reward_model")
     if rm:
         lines.append(f"\nReward model: pairwise accuracy {cell('{:.1%}', rm['accuracy'])} on held-out "
@@ -337,6 +345,10 @@ def main(argv=None):
     policies = parse_policies(cfg.policies)
     if cfg.baseline not in policies:
         raise UserError(f"--baseline={cfg.baseline!r} is not one of --policies ({', '.join(policies)})")
+    versus = [tuple(v.split(":")) for v in filter(None, cfg.versus.split(","))]
+    for v in versus:
+        if len(v) != 2 or not set(v) <= set(policies):
+            raise UserError(f"--versus: {':'.join(v)!r} is not A:B with both in --policies")
     prompted = set(filter(None, cfg.prompted.split(",")))
     if prompted - set(policies):
         raise UserError(f"--prompted: {', '.join(sorted(prompted - set(policies)))} not in --policies")
@@ -389,6 +401,9 @@ def main(argv=None):
     report = {"baseline": cfg.baseline, "labeler": judges[0], "models": models}
     if len(judges) > 1:
         report["labelers"] = by_labeler
+    if versus:  # {"A vs B": {labeler: A's win rate against B}}
+        report["versus"] = {f"{a} vs {b}": {j: win_rate(records, responses[a], responses[b], LABELERS[j])
+                                             for j in judges} for a, b in versus}
     if cfg.reward:
         rm, meta = checkpoint.load(cfg.reward, cfg.device)
         if isinstance(rm, GPT):

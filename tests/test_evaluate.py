@@ -171,6 +171,7 @@ def cli(*args, cwd=ROOT):
     (["--policies=a=x", "--baseline=sft"], "--baseline='sft' is not one of"),
     (["--policies=sft=x", "--labeler=nobody"], "--labeler='nobody'"),
     (["--policies=sft=x", "--prompted=base"], "--prompted: base not in --policies"),
+    (["--policies=sft=x", "--versus=sft:large"], "--versus: 'sft:large' is not A:B"),
     (["--policies=sft=x", "--prompts=/nonexistent.jsonl"], "--prompts=/nonexistent.jsonl: no such file"),
 ])
 def test_bad_flags_one_line_exit_2(tmp_path, args, message):
@@ -204,7 +205,7 @@ def test_report_files_from_a_real_evaluation(tmp_path):
             "--prompted=other_prompted", f"--prompts={tmp_path / 'eval_prompts.jsonl'}",
             f"--heldout={tmp_path / 'corpus_heldout.jsonl'}", f"--demos={tmp_path / 'sft.jsonl'}",
             f"--seconds={tmp_path / 'secs.txt'}", "--samples=2", "--max_new_tokens=12",
-            "--labeler=heldout,train", f"--out_dir={tmp_path / 'ev'}", "--threads=1")
+            "--labeler=heldout,train", "--versus=other:sft,sft:other", f"--out_dir={tmp_path / 'ev'}", "--threads=1")
     assert p.returncode == 0, p.stderr
     rep = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert rep["baseline"] == "sft" and rep["labeler"] == "heldout"
@@ -214,6 +215,9 @@ def test_report_files_from_a_real_evaluation(tmp_path):
         assert all(0 <= m[k] <= 1 for k in ("winrate", *evaluate.RATES) if not math.isnan(m[k]))
     assert rep["models"]["sft"]["winrate"] == 0.5
     assert rep["labelers"]["train"]["sft"]["winrate"] == 0.5
+    for j in ("heldout", "train"):   # head to head: the same comparison as the win rate, both ways
+        assert rep["versus"]["other vs sft"][j] == rep["labelers"][j]["other"]["winrate"]
+        assert rep["versus"]["sft vs other"][j] == pytest.approx(1 - rep["versus"]["other vs sft"][j])
     assert rep["models"]["other"]["pretrain_loss"] == rep["models"]["other_prompted"]["pretrain_loss"]
     assert rep["models"]["sft"]["pretrain_loss"] > math.log(200)      # random weights: near log(320)
     assert all("\n" not in e["other_prompted"] for e in rep["examples"])
