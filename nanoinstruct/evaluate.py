@@ -100,7 +100,7 @@ RATES = ("follows_instruction", "constraint_ok", "hallucination", "false_premise
 
 def metadata(prompts, responses):
     """prompts: world records; responses: one string per record (a prompt repeats once per
-    sample) -> the six Table 3 rates, each over the records where it applies (nan if none)."""
+    sample) -> the six Table 3 rates, each over the records where it applies (None if none)."""
     counts = {k: [0, 0] for k in RATES}
 
     def add(key, value):
@@ -121,7 +121,7 @@ def metadata(prompts, responses):
             add("hallucination", j["hallucination"])
         if rec["family"] == "premise":
             add("false_premise_corrected", j["corrected"])
-    return {k: hit / n if n else float("nan") for k, (hit, n) in counts.items()}
+    return {k: hit / n if n else None for k, (hit, n) in counts.items()}
 
 
 def win_rate(prompts, responses, baseline_responses, labeler):
@@ -215,7 +215,7 @@ COLUMNS = [("winrate", "win rate", "{:.1%}"), ("gold_score", "gold", "{:+.2f}"),
 
 
 def cell(fmt, value, spread=None):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None:
         return "n/a"
     s = fmt.format(value)
     return s if spread is None else f"{s} ± {fmt.format(spread).lstrip('+')}"
@@ -259,7 +259,7 @@ def plot(report, path):
     for ax, k in zip(axes, keys):
         vals = [report["models"][n][k] for n in names]
         err = [spread.get(n, {}).get(k, 0) for n in names] if spread else None
-        ax.bar(range(len(names)), [0 if math.isnan(v) else v for v in vals], yerr=err, color="C0")
+        ax.bar(range(len(names)), [v or 0 for v in vals], yerr=err, color="C0")
         ax.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
         ax.set_title(k.replace("_", " "), fontsize=8)
         ax.set_ylim(0, 1)
@@ -280,17 +280,17 @@ def write_report(report, out_dir):
 
 
 def aggregate(reports):
-    """Several seeds' reports -> one: every number the mean over seeds, its standard
-    deviation under "spread" (same shape), n_seeds the count."""
+    """Several seeds' reports -> one: every number the mean over the seeds that have it, its
+    standard deviation under "spread" (same shape), n_seeds the count."""
     def merge(values):
         if isinstance(values[0], dict):
             keys = [k for k in values[0] if all(k in v for v in values)]
             pairs = {k: merge([v[k] for v in values]) for k in keys}
             return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
-        if isinstance(values[0], (int, float)) and not isinstance(values[0], bool):
-            vals = [float("nan") if v is None else v for v in values]
-            mean = sum(vals) / len(vals)
-            return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / max(1, len(vals) - 1))
+        nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if nums and all(v is None or v in nums for v in values):
+            mean = sum(nums) / len(nums)
+            return mean, math.sqrt(sum((v - mean) ** 2 for v in nums) / max(1, len(nums) - 1))
         return values[0], None
     mean, spread = merge(reports)
     return {**mean, "spread": spread, "n_seeds": len(reports)}

@@ -53,7 +53,7 @@ def test_metadata_rates_on_known_responses():
     assert m["follows_instruction"] == pytest.approx(8 / 10)
     assert m["constraint_ok"] == pytest.approx(1 / 3)                 # exact count once of 3 repeats
     none = evaluate.metadata([repeat], [repeat["answer"]])
-    assert math.isnan(none["unsafe_refused"]) and math.isnan(none["false_premise_corrected"])
+    assert none["unsafe_refused"] is None and none["false_premise_corrected"] is None
 
 
 def test_win_rate_ties_count_half_and_clear_wins_count_one():
@@ -150,7 +150,11 @@ def test_aggregate_means_and_spreads():
     def report(w, g, acc):
         return {"baseline": "sft", "labeler": "heldout", "models": {"a": {"winrate": w, "gold_score": g}},
                 "reward_model": {"accuracy": acc, "labeler_agreement": None}, "seconds": {"rm": 10.0}}
-    agg = evaluate.aggregate([report(0.6, -1.0, 0.7), report(0.7, 0.0, 0.7), report(0.8, 1.0, 0.7)])
+    reports = [report(0.6, -1.0, 0.7), report(0.7, 0.0, 0.7), report(0.8, 1.0, 0.7)]
+    for r, v in zip(reports, (0.2, None, 0.4)):
+        r["models"]["a"]["unsafe_refused"] = v
+    agg = evaluate.aggregate(reports)
+    assert agg["models"]["a"]["unsafe_refused"] == pytest.approx(0.3)
     assert agg["n_seeds"] == 3 and agg["baseline"] == "sft"
     assert agg["models"]["a"]["winrate"] == pytest.approx(0.7)
     assert agg["spread"]["models"]["a"]["winrate"] == pytest.approx(0.1)
@@ -212,7 +216,7 @@ def test_report_files_from_a_real_evaluation(tmp_path):
     keys = {"winrate", "gold_score", *evaluate.RATES, "pretrain_loss", "n_params", "mean_length"}
     for m in rep["models"].values():
         assert keys <= set(m)
-        assert all(0 <= m[k] <= 1 for k in ("winrate", *evaluate.RATES) if not math.isnan(m[k]))
+        assert all(0 <= m[k] <= 1 for k in ("winrate", *evaluate.RATES) if m[k] is not None)
     assert rep["models"]["sft"]["winrate"] == 0.5
     assert rep["labelers"]["train"]["sft"]["winrate"] == 0.5
     for j in ("heldout", "train"):   # head to head: the same comparison as the win rate, both ways
