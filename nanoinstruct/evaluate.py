@@ -365,6 +365,11 @@ def main(argv=None):
         raise UserError(f"--prompts={cfg.prompts}: the world's labelers need its prompt metadata (family, answer)")
     held = [r["text"] for r in data.read_text(cfg.heldout)]
     prefix = fewshot_prefix(data.read_demos(cfg.demos), cfg.shots) if prompted else ""
+    if cfg.reward:  # read before the sampling, so that a bad path costs nothing
+        rm, meta = checkpoint.load(cfg.reward, cfg.device)
+        if isinstance(rm, GPT):
+            raise UserError(f"--reward={cfg.reward}: a language model, not a reward model")
+        comps = data.read_comparisons(cfg.comparisons)
 
     # ---- every policy answers the same prompts with the same seed ----------------------
     responses, info, loaded = {}, {}, {}
@@ -405,10 +410,6 @@ def main(argv=None):
         report["versus"] = {f"{a} vs {b}": {j: win_rate(records, responses[a], responses[b], LABELERS[j])
                                              for j in judges} for a, b in versus}
     if cfg.reward:
-        rm, meta = checkpoint.load(cfg.reward, cfg.device)
-        if isinstance(rm, GPT):
-            raise UserError(f"--reward={cfg.reward}: a language model, not a reward model")
-        comps = data.read_comparisons(cfg.comparisons)
         second = collect.second_labeler(comps)
         report["reward_model"] = {
             "accuracy": reward_accuracy(rm.eval(), get_tokenizer(meta.get("tokenizer", "bytes")), comps, cfg.device),
