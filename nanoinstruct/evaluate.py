@@ -59,7 +59,7 @@ import torch
 
 from nanoinstruct import checkpoint, collect, data, losses
 from nanoinstruct.cli import UserError, cli_main, parse_flags
-from nanoinstruct.model import GPT, last_index
+from nanoinstruct.model import GPT
 from nanoinstruct.tokenizer import PROMPT_TEMPLATE, get_tokenizer
 from nanoinstruct.world import LABELERS, gold_score, judge
 
@@ -197,7 +197,7 @@ def reward_accuracy(rm, tok, comparisons, device="cpu", batch_size=16):
     for i in range(0, len(comparisons), batch_size):
         batch = data.pack_rankings(tok, comparisons[i:i + batch_size])
         ids, mask = batch.ids.to(device), batch.attention_mask.to(device)
-        scores = rm(ids, mask).gather(1, last_index(mask)[:, None]).squeeze(1)
+        scores = rm.score(ids, mask)                                          # (R,)
         a, n = losses.ranking_accuracy(scores[batch.rank.to(device)], batch.valid.to(device))
         agree, pairs = agree + a, pairs + n
     return agree / pairs
