@@ -21,16 +21,17 @@ test: install
 
 # The embedded default, end to end: the world, step 0 (pretraining), step 1 (SFT), labeling
 # (K = 4 SFT samples per prompt, ranked by the world's training labeler), step 2 (the reward
-# model), step 3 (PPO-ptx), and the evaluation by the held-out labeler: out/demo/report.md.
-# Measured: 6 min 47 s on a 2-core CPU, plus the install on a fresh clone.
+# model), step 3 (PPO-ptx), a second round of labeling and reward modelling on that policy's
+# samples, PPO-ptx again, and the evaluation by the held-out labeler: out/demo/report.md.
+# Measured: 8 min 7 s on a 2-core CPU, plus the install on a fresh clone.
 DEMO := out/demo
 demo: install
 	$(MAKE) --no-print-directory pipeline DIR=$(DEMO) SEED=0
 
 # make paper: the pipeline for 3 world seeds, each also with PPO without ptx (the alignment
-# tax) and a larger SFT model (the "small" preset, 3x the parameters), judged by both
-# labelers; then the mean and spread over seeds: out/paper/report.md. Measured: 51.6 min on
-# a 2-core CPU (about 17 min per seed, 8 of them the larger model's two stages).
+# tax) and a larger SFT model (the "small" preset, 2.2x the parameters), judged by both
+# labelers; then the mean and spread over seeds: out/paper/report.md. Measured: 43 min 44 s
+# on a 2-core CPU (about 14.5 min per seed, 4.6 of them the larger model's two stages).
 PAPER_DIR := out/paper
 SEEDS     := 0 1 2
 paper: install
@@ -45,26 +46,39 @@ took = && echo "$(1) $$(($$(date +%s) - t))" >> $(DIR)/seconds.txt
 PRETRAIN = --mode=pretrain --data=$(DIR)/data/corpus.jsonl --val_data=$(DIR)/data/corpus_heldout.jsonl \
 	    --max_iters=400 --batch_size=16 --lr=3e-3 --min_lr=3e-4 --dropout=0 --log_interval=100 --eval_interval=400
 SFT = --data=$(DIR)/data/sft.jsonl --val_data=$(DIR)/data/sft_val.jsonl \
-	    --max_iters=300 --batch_size=32 --log_interval=100 --eval_interval=300
-PPO = --init=$(DIR)/sft --reward=$(DIR)/rm --prompts=$(DIR)/data/ppo_prompts.jsonl \
-	    --ptx_data=$(DIR)/data/corpus.jsonl --kl_coef=0.2 --lr=3e-5 --max_iters=60 \
-	    --log_interval=20 --sample_interval=30 --overwrite
+	    --max_iters=300 --batch_size=32 --dropout=0 --log_interval=100 --eval_interval=300
+PPO = --init=$(DIR)/sft --prompts=$(DIR)/data/ppo_prompts.jsonl \
+	    --ptx_data=$(DIR)/data/corpus.jsonl --kl_coef=0.2 --lr=3e-5 --max_iters=40 \
+	    --log_interval=20 --sample_interval=20 --overwrite
+COLLECT = --k=4 --labeler=train
+# Two rounds of labeling, as the paper's reward data came partly from its earlier PPO models:
+# round 1 ranks SFT samples; a PPO-ptx policy trained on that reward model drifts where the
+# reward model never saw samples (it drops false-premise corrections and refusals), so round 2
+# ranks that policy's samples on the same prompts, and the final reward model learns from both.
 pipeline:
-	mkdir -p $(DIR) && rm -f $(DIR)/seconds.txt $(DIR)/data/comparisons.jsonl $(DIR)/data/comparisons_val.jsonl
+	mkdir -p $(DIR)/data && rm -f $(DIR)/seconds.txt $(DIR)/data/comparisons*.jsonl
 	$(T0) $(PY) -m nanoinstruct.world --out=$(DIR)/data --seed=$(SEED) $(call took,world)
 	$(T0) $(PY) train_sft.py $(PRETRAIN) --init=tiny --out_dir=$(DIR)/base --overwrite $(call took,pretrain)
 	$(T0) $(PY) train_sft.py $(SFT) --init=$(DIR)/base --out_dir=$(DIR)/sft --overwrite $(call took,sft)
 	$(PY) -m nanoinstruct.sample --ckpt=$(DIR)/base --prompt="Is 14 odd or even?" --n=2
 	$(PY) -m nanoinstruct.sample --ckpt=$(DIR)/sft --prompt="Is 14 odd or even?" --n=2
-	$(T0) $(PY) -m nanoinstruct.collect --policy=$(DIR)/sft --prompts=$(DIR)/data/rm_prompts.jsonl \
-	    --out=$(DIR)/data/comparisons.jsonl --k=4 --labeler=train --seed=0 && \
-	  $(PY) -m nanoinstruct.collect --policy=$(DIR)/sft --prompts=$(DIR)/data/rm_val_prompts.jsonl \
-	    --out=$(DIR)/data/comparisons_val.jsonl --k=4 --labeler=train --seed=1 $(call took,label)
+	$(T0) $(PY) -m nanoinstruct.collect --policy=$(DIR)/sft $(COLLECT) --prompts=$(DIR)/data/rm_prompts.jsonl \
+	    --out=$(DIR)/data/comparisons.jsonl --seed=0 && \
+	  $(PY) -m nanoinstruct.collect --policy=$(DIR)/sft $(COLLECT) --prompts=$(DIR)/data/rm_val_prompts.jsonl \
+	    --out=$(DIR)/data/comparisons_val.jsonl --seed=1 $(call took,label)
 	$(T0) $(PY) train_rm.py --init=$(DIR)/sft --data=$(DIR)/data/comparisons.jsonl \
 	    --val_data=$(DIR)/data/comparisons_val.jsonl --demos=$(DIR)/data/sft.jsonl \
-	    --out_dir=$(DIR)/rm --overwrite $(call took,rm)
-	$(T0) $(PY) train_ppo.py $(PPO) --ptx_coef=0.1 --out_dir=$(DIR)/ppo_ptx $(call took,ppo_ptx)
-	$(if $(PAPER),$(T0) $(PY) train_ppo.py $(PPO) --ptx_coef=0 --out_dir=$(DIR)/ppo $(call took,ppo))
+	    --out_dir=$(DIR)/rm_round1 --overwrite $(call took,rm)
+	$(T0) $(PY) train_ppo.py $(PPO) --reward=$(DIR)/rm_round1 --ptx_coef=0.1 --out_dir=$(DIR)/ppo_ptx_round1 \
+	    $(call took,ppo_ptx_round1)
+	$(T0) $(PY) -m nanoinstruct.collect --policy=$(DIR)/ppo_ptx_round1 $(COLLECT) --prompts=$(DIR)/data/rm_prompts.jsonl \
+	    --out=$(DIR)/data/comparisons_round2.jsonl --seed=2 $(call took,label_round2)
+	$(T0) cat $(DIR)/data/comparisons.jsonl $(DIR)/data/comparisons_round2.jsonl > $(DIR)/data/comparisons_all.jsonl && \
+	  $(PY) train_rm.py --init=$(DIR)/sft --data=$(DIR)/data/comparisons_all.jsonl \
+	    --val_data=$(DIR)/data/comparisons_val.jsonl --demos=$(DIR)/data/sft.jsonl \
+	    --out_dir=$(DIR)/rm --overwrite $(call took,rm_round2)
+	$(T0) $(PY) train_ppo.py $(PPO) --reward=$(DIR)/rm --ptx_coef=0.1 --out_dir=$(DIR)/ppo_ptx $(call took,ppo_ptx)
+	$(if $(PAPER),$(T0) $(PY) train_ppo.py $(PPO) --reward=$(DIR)/rm --ptx_coef=0 --out_dir=$(DIR)/ppo $(call took,ppo))
 	$(if $(PAPER),$(T0) $(PY) train_sft.py $(PRETRAIN) --init=small --out_dir=$(DIR)/base_large --overwrite \
 	    $(call took,pretrain_large))
 	$(if $(PAPER),$(T0) $(PY) train_sft.py $(SFT) --init=$(DIR)/base_large --out_dir=$(DIR)/sft_large \

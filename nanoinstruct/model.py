@@ -47,10 +47,11 @@ class GPTConfig:
 
 
 # Size presets (vocab_size comes from the tokenizer). "tiny" is the embedded default's
-# byte-level model, about 0.8M parameters; the gpt2* ones are GPT-2's published sizes.
+# byte-level model, about 0.8M parameters; "small" (1.8M) is `make paper`'s larger SFT model;
+# the gpt2* ones are GPT-2's published sizes.
 PRESETS = {
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=256),
-    "small": dict(n_layer=6, n_head=6, n_embd=192, block_size=256),
+    "small": dict(n_layer=4, n_head=6, n_embd=192, block_size=256),
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),
     "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024),

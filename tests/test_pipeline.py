@@ -1,5 +1,6 @@
-"""The whole recipe at micro scale, in one process: world -> pretrain -> SFT -> labeling ->
-reward model -> PPO-ptx -> evaluation, a handful of steps each. It checks that the stages
+"""The whole recipe at micro scale, in one process, as make demo runs it: world -> pretrain ->
+SFT -> labeling SFT samples -> reward model -> PPO-ptx -> labeling that policy's samples ->
+reward model on both rounds -> PPO-ptx -> evaluation, a handful of steps each. It checks that the stages
 fit together (each reads what the previous one wrote) and that the report comes out whole;
 make demo is the run that shows what the recipe does."""
 
@@ -27,12 +28,26 @@ def test_micro_pipeline_end_to_end(tmp_path):
     for split, seed in (("rm", 0), ("rm_val", 1)):
         collect.main([f"--policy={d / 'sft'}", f"--prompts={d / f'{split}_prompts.jsonl'}",
                       f"--out={d / f'{split}_cmp.jsonl'}", "--k=3", "--max_new_tokens=12", f"--seed={seed}"])
-    train_rm.main([f"--init={d / 'sft'}", f"--data={d / 'rm_cmp.jsonl'}", f"--val_data={d / 'rm_val_cmp.jsonl'}",
-                   f"--demos={d / 'sft.jsonl'}", f"--out_dir={d / 'rm'}", "--batch_size=4", *common])
-    train_ppo.main([f"--init={d / 'sft'}", f"--reward={d / 'rm'}", f"--prompts={d / 'ppo_prompts.jsonl'}",
-                    f"--ptx_data={d / 'corpus.jsonl'}", "--ptx_coef=1", "--ptx_batch_size=2",
-                    f"--out_dir={d / 'ppo_ptx'}", "--max_iters=2", "--batch_size=4", "--ppo_epochs=1",
-                    "--max_new_tokens=12", "--sample_interval=0", *common])
+
+    def rm(data_file, out):
+        train_rm.main([f"--init={d / 'sft'}", f"--data={d / data_file}", f"--val_data={d / 'rm_val_cmp.jsonl'}",
+                       f"--demos={d / 'sft.jsonl'}", f"--out_dir={d / out}", "--batch_size=4", *common])
+
+    def ppo(reward, out):
+        train_ppo.main([f"--init={d / 'sft'}", f"--reward={d / reward}", f"--prompts={d / 'ppo_prompts.jsonl'}",
+                        f"--ptx_data={d / 'corpus.jsonl'}", "--ptx_coef=1", "--ptx_batch_size=2",
+                        f"--out_dir={d / out}", "--max_iters=2", "--batch_size=4", "--ppo_epochs=1",
+                        "--max_new_tokens=12", "--sample_interval=0", *common])
+
+    rm("rm_cmp.jsonl", "rm_round1")
+    ppo("rm_round1", "ppo_ptx_round1")
+    collect.main([f"--policy={d / 'ppo_ptx_round1'}", f"--prompts={d / 'rm_prompts.jsonl'}",
+                  f"--out={d / 'round2_cmp.jsonl'}", "--k=3", "--max_new_tokens=12", "--seed=2"])
+    round1, round2 = data.read_comparisons(str(d / "rm_cmp.jsonl")), data.read_comparisons(str(d / "round2_cmp.jsonl"))
+    assert [c["prompt"] for c in round2] == [c["prompt"] for c in round1]
+    data.write_jsonl(str(d / "all_cmp.jsonl"), round1 + round2)
+    rm("all_cmp.jsonl", "rm")
+    ppo("rm", "ppo_ptx")
     (d / "seconds.txt").write_text("pretrain 1\n")
     evaluate.main([f"--policies=base={d / 'base'},base_prompted={d / 'base'},sft={d / 'sft'},ppo_ptx={d / 'ppo_ptx'}",
                    "--prompted=base_prompted", f"--prompts={d / 'eval_prompts.jsonl'}",
