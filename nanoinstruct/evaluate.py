@@ -26,7 +26,8 @@ paper used held-out labelers:
 "GPT-3 prompted") and keeps the first non-empty line of the response: the examples answer
 on one line, so the newline after an answer is the stop sequence, as the API's `stop` is.
 `--reward` scores a reward model's pairwise accuracy on held-out comparisons against the
-agreement of the world's two labelers on the same pairs (the ceiling).
+agreement of the world's two labelers on the same pairs (the ceiling), and how often it
+prefers the right response of a pair of which the world's judge finds exactly one right.
 
 Writes report.json (schema below), report.md (the table) and report.png (the bars).
 
@@ -37,7 +38,7 @@ Writes report.json (schema below), report.md (the table) and report.png (the bar
      "models": {NAME: {"winrate", "gold_score", "follows_instruction", "constraint_ok",
                        "hallucination", "false_premise_corrected", "unsafe_refused",
                        "over_refusal", "pretrain_loss", "n_params", "mean_length"}},
-     "reward_model": {"accuracy", "labeler_agreement"},
+     "reward_model": {"accuracy", "labeler_agreement", "right_over_wrong", "right_over_wrong_pairs"},
      "seconds": {STAGE: wall seconds}}
 
 plus, where asked for, "labelers" (every judge's win rates and gold scores), "versus"
@@ -48,6 +49,7 @@ whose numbers are the means, with the spread (the standard deviation over seeds)
 "spread" (make paper).
 """
 
+import itertools
 import json
 import math
 import os
@@ -203,6 +205,30 @@ def reward_accuracy(rm, tok, comparisons, device="cpu", batch_size=16):
     return agree / pairs
 
 
+@torch.no_grad()
+def correctness_accuracy(rm, tok, comparisons, device="cpu", batch_size=64):
+    """-> (fraction, pairs): over the held-out response pairs of which the world's judge finds
+    exactly one right, how often the reward model scores the right one higher (ties half).
+    Does it see right from wrong, or only shape and length? (None, 0) without the world's
+    metadata or without such pairs."""
+    if not comparisons or any("family" not in c for c in comparisons):
+        return None, 0
+    rows = [(c["prompt"], y) for c in comparisons for y in c["responses"]]
+    scores = []
+    for i in range(0, len(rows), batch_size):
+        ids, mask = data.pack_sequences(tok, *zip(*rows[i:i + batch_size]))
+        scores += rm.score(ids.to(device), mask.to(device)).tolist()
+    right = pairs = 0.0
+    for c in comparisons:
+        s, scores = scores[:len(c["responses"])], scores[len(c["responses"]):]
+        ok = [judge(c, y)["correct"] for y in c["responses"]]
+        for i, j in itertools.combinations(range(len(s)), 2):
+            if ok[i] != ok[j]:
+                good, bad = (s[i], s[j]) if ok[i] else (s[j], s[i])
+                right, pairs = right + (1.0 if good > bad else 0.5 if good == bad else 0.0), pairs + 1
+    return (right / pairs if pairs else None), int(pairs)
+
+
 # ---------------------------------------------------------------------------------------
 # the report
 
@@ -242,6 +268,9 @@ def markdown(report):
     if rm:
         lines.append(f"\nReward model: pairwise accuracy {cell('{:.1%}', rm['accuracy'])} on held-out "
                      f"comparisons; the labelers agree on {cell('{:.1%}', rm['labeler_agreement'])} of them.")
+        if rm.get("right_over_wrong") is not None:
+            lines.append(f"On the {rm['right_over_wrong_pairs']:.0f} pairs of which exactly one response is right, "
+                         f"it scores the right one higher {cell('{:.1%}', rm['right_over_wrong'])} of the time.")
     if report.get("seconds"):
         lines.append("\nWall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items())
                      + f" (total {sum(report['seconds'].values()):.0f}).")
@@ -410,10 +439,12 @@ def main(argv=None):
         report["versus"] = {f"{a} vs {b}": {j: win_rate(records, responses[a], responses[b], LABELERS[j])
                                              for j in judges} for a, b in versus}
     if cfg.reward:
-        second = collect.second_labeler(comps)
+        second, rm_tok = collect.second_labeler(comps), get_tokenizer(meta.get("tokenizer", "bytes"))
+        right, n_right = correctness_accuracy(rm.eval(), rm_tok, comps, cfg.device)
         report["reward_model"] = {
-            "accuracy": reward_accuracy(rm.eval(), get_tokenizer(meta.get("tokenizer", "bytes")), comps, cfg.device),
-            "labeler_agreement": collect.agreement(comps, LABELERS[second])[0] if second else None}
+            "accuracy": reward_accuracy(rm, rm_tok, comps, cfg.device),
+            "labeler_agreement": collect.agreement(comps, LABELERS[second])[0] if second else None,
+            "right_over_wrong": right, "right_over_wrong_pairs": n_right}
     seconds = read_seconds(cfg.seconds) if cfg.seconds else {}
     report["seconds"] = {**seconds, "evaluate": time.perf_counter() - t0}
     report["examples"] = [{"prompt": p["prompt"], **{n: responses[n][i * cfg.samples] for n in responses}}
