@@ -193,34 +193,35 @@ def pretrain_loss(model, tok, texts, max_tokens, device="cpu", batch_size=16):
 
 
 @torch.no_grad()
-def reward_accuracy(rm, tok, comparisons, device="cpu", batch_size=16):
-    """-> the reward model's pairwise accuracy on the comparisons (ties half)."""
+def reward_scores(rm, tok, comparisons, device="cpu", batch_size=64):
+    """-> the reward model's score of every response: one list per comparison, in response order."""
+    rows = [(c["prompt"], y) for c in comparisons for y in c["responses"]]
+    flat = []
+    for i in range(0, len(rows), batch_size):
+        ids, mask = data.pack_sequences(tok, *zip(*rows[i:i + batch_size]))
+        flat += rm.score(ids.to(device), mask.to(device)).tolist()
+    ends = list(itertools.accumulate(len(c["responses"]) for c in comparisons))
+    return [flat[end - len(c["responses"]):end] for c, end in zip(comparisons, ends)]
+
+
+def reward_accuracy(scores, comparisons):
+    """-> the pairwise accuracy of the scores against the comparisons' rankings (ties half)."""
     agree = pairs = 0.0
-    for i in range(0, len(comparisons), batch_size):
-        batch = data.pack_rankings(tok, comparisons[i:i + batch_size])
-        ids, mask = batch.ids.to(device), batch.attention_mask.to(device)
-        scores = rm.score(ids, mask)                                          # (R,)
-        a, n = losses.ranking_accuracy(scores[batch.rank.to(device)], batch.valid.to(device))
-        agree, pairs = agree + a, pairs + n
+    for s, c in zip(scores, comparisons):
+        for better, worse in itertools.combinations([s[i] for i in c["ranking"]], 2):
+            agree, pairs = agree + (1.0 if better > worse else 0.5 if better == worse else 0.0), pairs + 1
     return agree / pairs
 
 
-@torch.no_grad()
-def correctness_accuracy(rm, tok, comparisons, device="cpu", batch_size=64):
-    """-> (fraction, pairs): over the held-out response pairs of which the world's judge finds
-    exactly one right, how often the reward model scores the right one higher (ties half).
-    Does it see right from wrong, or only shape and length? (None, 0) without the world's
+def correctness_accuracy(scores, comparisons):
+    """-> (fraction, pairs): over the response pairs of which the world's judge finds exactly
+    one right, how often the scores put the right one higher (ties half). Does the reward
+    model see right from wrong, or only shape and length? (None, 0) without the world's
     metadata or without such pairs."""
     if not comparisons or any("family" not in c for c in comparisons):
         return None, 0
-    rows = [(c["prompt"], y) for c in comparisons for y in c["responses"]]
-    scores = []
-    for i in range(0, len(rows), batch_size):
-        ids, mask = data.pack_sequences(tok, *zip(*rows[i:i + batch_size]))
-        scores += rm.score(ids.to(device), mask.to(device)).tolist()
     right = pairs = 0.0
-    for c in comparisons:
-        s, scores = scores[:len(c["responses"])], scores[len(c["responses"]):]
+    for s, c in zip(scores, comparisons):
         ok = [judge(c, y)["correct"] for y in c["responses"]]
         for i, j in itertools.combinations(range(len(s)), 2):
             if ok[i] != ok[j]:
@@ -439,10 +440,11 @@ def main(argv=None):
         report["versus"] = {f"{a} vs {b}": {j: win_rate(records, responses[a], responses[b], LABELERS[j])
                                              for j in judges} for a, b in versus}
     if cfg.reward:
-        second, rm_tok = collect.second_labeler(comps), get_tokenizer(meta.get("tokenizer", "bytes"))
-        right, n_right = correctness_accuracy(rm.eval(), rm_tok, comps, cfg.device)
+        second = collect.second_labeler(comps)
+        scores = reward_scores(rm.eval(), get_tokenizer(meta.get("tokenizer", "bytes")), comps, cfg.device)
+        right, n_right = correctness_accuracy(scores, comps)
         report["reward_model"] = {
-            "accuracy": reward_accuracy(rm, rm_tok, comps, cfg.device),
+            "accuracy": reward_accuracy(scores, comps),
             "labeler_agreement": collect.agreement(comps, LABELERS[second])[0] if second else None,
             "right_over_wrong": right, "right_over_wrong_pairs": n_right}
     seconds = read_seconds(cfg.seconds) if cfg.seconds else {}

@@ -143,7 +143,8 @@ def test_reward_accuracy_against_scoring_each_response_alone():
             for j in range(i + 1, len(best_first)):
                 agree += 1.0 if best_first[i] > best_first[j] else 0.5 if best_first[i] == best_first[j] else 0.0
                 pairs += 1
-    assert evaluate.reward_accuracy(rm, tok, comps, batch_size=5) == pytest.approx(agree / pairs)
+    scores = evaluate.reward_scores(rm, tok, comps, batch_size=5)
+    assert evaluate.reward_accuracy(scores, comps) == pytest.approx(agree / pairs)
 
 
 def test_correctness_accuracy_on_a_length_reward():
@@ -152,16 +153,20 @@ def test_correctness_accuracy_on_a_length_reward():
             return mask.sum(1).float()
 
     tok = get_tokenizer()
+
+    def right_over_wrong(comps, **kw):
+        return evaluate.correctness_accuracy(evaluate.reward_scores(LengthRM(), tok, comps, **kw), comps)
+
     parity = record("parity", n=7)                                # "Is 7 odd or even?" -> odd
     c = {**parity, "responses": ["7 is odd.", "even", "odd", "It is even, I think."], "ranking": [0, 2, 1, 3]}
     # right: 0 and 2. Pairs with exactly one right: (0,1) the right one is longer: counted right;
     # (0,3), (1,2), (2,3): the wrong one is longer. (0,2) and (1,3) agree: not counted.
-    assert evaluate.correctness_accuracy(LengthRM(), tok, [c], batch_size=3) == (0.25, 4)
+    assert right_over_wrong([c], batch_size=3) == (0.25, 4)
     same = {**c, "responses": ["odd", "eve"]}                     # equal lengths: a tie counts half
-    assert evaluate.correctness_accuracy(LengthRM(), tok, [c, same]) == ((1 + 0.5) / 5, 5)
-    assert evaluate.correctness_accuracy(LengthRM(), tok, [{k: v for k, v in c.items() if k != "family"}]) == (None, 0)
+    assert right_over_wrong([c, same]) == ((1 + 0.5) / 5, 5)
+    assert right_over_wrong([{k: v for k, v in c.items() if k != "family"}]) == (None, 0)
     both_wrong = {**c, "responses": ["even", "It is even."]}
-    assert evaluate.correctness_accuracy(LengthRM(), tok, [both_wrong]) == (None, 0)
+    assert right_over_wrong([both_wrong]) == (None, 0)
 
 
 def test_aggregate_means_and_spreads():
