@@ -58,6 +58,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from nanoinstruct import checkpoint, collect, data, losses
 from nanoinstruct.cli import UserError, cli_main, parse_flags
@@ -193,36 +194,35 @@ def pretrain_loss(model, tok, texts, max_tokens, device="cpu", batch_size=16):
 
 
 @torch.no_grad()
-def reward_scores(rm, tok, comparisons, device="cpu", batch_size=64):
-    """-> the reward model's score of every response: one list per comparison, in response order."""
-    rows = [(c["prompt"], y) for c in comparisons for y in c["responses"]]
-    flat = []
-    for i in range(0, len(rows), batch_size):
-        ids, mask = data.pack_sequences(tok, *zip(*rows[i:i + batch_size]))
-        flat += rm.score(ids.to(device), mask.to(device)).tolist()
-    ends = list(itertools.accumulate(len(c["responses"]) for c in comparisons))
-    return [flat[end - len(c["responses"]):end] for c, end in zip(comparisons, ends)]
+def reward_scores(rm, tok, comparisons, device="cpu", batch_size=16):
+    """-> the reward model's score of every response: one list per comparison, best first
+    (data.pack_rankings' layout, the one train_rm.py scores)."""
+    out = []
+    for i in range(0, len(comparisons), batch_size):
+        batch = data.pack_rankings(tok, comparisons[i:i + batch_size])
+        scores = rm.score(batch.ids.to(device), batch.attention_mask.to(device)).cpu()  # (R,)
+        out += [row[valid].tolist() for row, valid in zip(scores[batch.rank], batch.valid)]
+    return out
 
 
-def reward_accuracy(scores, comparisons):
-    """-> the pairwise accuracy of the scores against the comparisons' rankings (ties half)."""
-    agree = pairs = 0.0
-    for s, c in zip(scores, comparisons):
-        for better, worse in itertools.combinations([s[i] for i in c["ranking"]], 2):
-            agree, pairs = agree + (1.0 if better > worse else 0.5 if better == worse else 0.0), pairs + 1
+def reward_accuracy(scores):
+    """Best-first scores per comparison -> the pairwise accuracy (ties half), as in training."""
+    r = pad_sequence([torch.tensor(s) for s in scores], batch_first=True)              # (P, Kmax)
+    valid = pad_sequence([torch.ones(len(s), dtype=torch.bool) for s in scores], batch_first=True)
+    agree, pairs = losses.ranking_accuracy(r, valid)
     return agree / pairs
 
 
 def correctness_accuracy(scores, comparisons):
-    """-> (fraction, pairs): over the response pairs of which the world's judge finds exactly
-    one right, how often the scores put the right one higher (ties half). Does the reward
-    model see right from wrong, or only shape and length? (None, 0) without the world's
-    metadata or without such pairs."""
+    """Best-first scores per comparison -> (fraction, pairs): over the response pairs of which
+    the world's judge finds exactly one right, how often the scores put the right one higher
+    (ties half). Does the reward model see right from wrong, or only shape and length?
+    (None, 0) without the world's metadata or without such pairs."""
     if not comparisons or any("family" not in c for c in comparisons):
         return None, 0
     right = pairs = 0.0
     for s, c in zip(scores, comparisons):
-        ok = [judge(c, y)["correct"] for y in c["responses"]]
+        ok = [judge(c, c["responses"][i])["correct"] for i in c["ranking"]]           # best first, as s
         for i, j in itertools.combinations(range(len(s)), 2):
             if ok[i] != ok[j]:
                 good, bad = (s[i], s[j]) if ok[i] else (s[j], s[i])
@@ -444,7 +444,7 @@ def main(argv=None):
         scores = reward_scores(rm.eval(), get_tokenizer(meta.get("tokenizer", "bytes")), comps, cfg.device)
         right, n_right = correctness_accuracy(scores, comps)
         report["reward_model"] = {
-            "accuracy": reward_accuracy(scores, comps),
+            "accuracy": reward_accuracy(scores),
             "labeler_agreement": collect.agreement(comps, LABELERS[second])[0] if second else None,
             "right_over_wrong": right, "right_over_wrong_pairs": n_right}
     seconds = read_seconds(cfg.seconds) if cfg.seconds else {}

@@ -144,7 +144,7 @@ def test_reward_accuracy_against_scoring_each_response_alone():
                 agree += 1.0 if best_first[i] > best_first[j] else 0.5 if best_first[i] == best_first[j] else 0.0
                 pairs += 1
     scores = evaluate.reward_scores(rm, tok, comps, batch_size=5)
-    assert evaluate.reward_accuracy(scores, comps) == pytest.approx(agree / pairs)
+    assert evaluate.reward_accuracy(scores) == pytest.approx(agree / pairs)
 
 
 def test_correctness_accuracy_on_a_length_reward():
@@ -162,10 +162,10 @@ def test_correctness_accuracy_on_a_length_reward():
     # right: 0 and 2. Pairs with exactly one right: (0,1) the right one is longer: counted right;
     # (0,3), (1,2), (2,3): the wrong one is longer. (0,2) and (1,3) agree: not counted.
     assert right_over_wrong([c], batch_size=3) == (0.25, 4)
-    same = {**c, "responses": ["odd", "eve"]}                     # equal lengths: a tie counts half
+    same = {**c, "responses": ["odd", "eve"], "ranking": [1, 0]}                     # equal lengths: a tie counts half
     assert right_over_wrong([c, same]) == ((1 + 0.5) / 5, 5)
     assert right_over_wrong([{k: v for k, v in c.items() if k != "family"}]) == (None, 0)
-    both_wrong = {**c, "responses": ["even", "It is even."]}
+    both_wrong = {**c, "responses": ["even", "It is even."], "ranking": [0, 1]}
     assert right_over_wrong([both_wrong]) == (None, 0)
 
 
