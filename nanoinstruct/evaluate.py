@@ -51,7 +51,6 @@ whose numbers are the means, with the spread (the standard deviation over seeds)
 
 import itertools
 import json
-import math
 import os
 import sys
 import time
@@ -63,6 +62,7 @@ from torch.nn.utils.rnn import pad_sequence
 from nanoinstruct import checkpoint, collect, data, losses
 from nanoinstruct.cli import UserError, cli_main, parse_flags
 from nanoinstruct.model import GPT
+from nanoinstruct.report import aggregate, markdown, write_report
 from nanoinstruct.tokenizer import PROMPT_TEMPLATE, get_tokenizer
 from nanoinstruct.world import LABELERS, gold_score, judge
 
@@ -228,102 +228,6 @@ def correctness_accuracy(scores, comparisons):
                 good, bad = (s[i], s[j]) if ok[i] else (s[j], s[i])
                 right, pairs = right + (1.0 if good > bad else 0.5 if good == bad else 0.0), pairs + 1
     return (right / pairs if pairs else None), int(pairs)
-
-
-# ---------------------------------------------------------------------------------------
-# the report
-
-COLUMNS = [("winrate", "win rate", "{:.1%}"), ("gold_score", "gold", "{:+.2f}"),
-           ("follows_instruction", "follows", "{:.0%}"), ("constraint_ok", "constraint", "{:.0%}"),
-           ("hallucination", "halluc.", "{:.0%}"), ("false_premise_corrected", "premise fixed", "{:.0%}"),
-           ("unsafe_refused", "unsafe refused", "{:.0%}"), ("over_refusal", "over-refusal", "{:.0%}"),
-           ("pretrain_loss", "pretrain loss", "{:.3f}"), ("n_params", "params", "{:,.0f}"),
-           ("mean_length", "length", "{:.1f}")]
-
-
-def cell(fmt, value, spread=None):
-    if value is None:
-        return "n/a"
-    s = fmt.format(value)
-    return s if spread is None else f"{s} ± {fmt.format(spread).lstrip('+')}"
-
-
-def markdown(report):
-    models, spread = report["models"], report.get("spread", {}).get("models", {})
-    lines = [f"Judged by the **{report['labeler']}** labeler; win rate against **{report['baseline']}**"
-             + (f"; mean ± std over {report['n_seeds']} seeds" if "n_seeds" in report else "") + ".", "",
-             "| model | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
-             "| --- |" + " ---: |" * len(COLUMNS)]
-    for name, m in models.items():
-        s = spread.get(name, {})
-        lines.append(f"| {name} | " + " | ".join(cell(fmt, m.get(k), s.get(k)) for k, _, fmt in COLUMNS) + " |")
-    for other, by_model in report.get("labelers", {}).items():
-        if other != report["labeler"]:
-            lines.append(f"\nUnder the **{other}** labeler: " + ", ".join(
-                f"{n} {v['winrate']:.1%} (gold {v['gold_score']:+.2f})" for n, v in by_model.items()) + ".")
-    for pair, by_judge in report.get("versus", {}).items():
-        s = report.get("spread", {}).get("versus", {}).get(pair, {})
-        lines.append(f"\nHead to head, {pair}: " + ", ".join(
-            f"{cell('{:.1%}', w, s.get(j))} ({j} labeler)" for j, w in by_judge.items()) + ".")
-    rm = report.get("reward_model")
-    if rm:
-        lines.append(f"\nReward model: pairwise accuracy {cell('{:.1%}', rm['accuracy'])} on held-out "
-                     f"comparisons; the labelers agree on {cell('{:.1%}', rm['labeler_agreement'])} of them.")
-        if rm.get("right_over_wrong") is not None:
-            lines.append(f"On the {rm['right_over_wrong_pairs']:.0f} pairs of which exactly one response is right, "
-                         f"it scores the right one higher {cell('{:.1%}', rm['right_over_wrong'])} of the time.")
-    if report.get("seconds"):
-        lines.append("\nWall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items())
-                     + f" (total {sum(report['seconds'].values()):.0f}).")
-    return "\n".join(lines) + "\n"
-
-
-def plot(report, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    names = list(report["models"])
-    spread = report.get("spread", {}).get("models", {})
-    keys = ["winrate", *RATES]
-    fig, axes = plt.subplots(1, len(keys), figsize=(2.2 * len(keys), 3.2), sharey=True)
-    for ax, k in zip(axes, keys):
-        vals = [report["models"][n][k] for n in names]
-        err = [spread.get(n, {}).get(k, 0) for n in names] if spread else None
-        ax.bar(range(len(names)), [v or 0 for v in vals], yerr=err, color="C0")
-        ax.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
-        ax.set_title(k.replace("_", " "), fontsize=8)
-        ax.set_ylim(0, 1)
-    axes[0].axhline(0.5, color="gray", lw=0.8, ls="--")
-    fig.suptitle(f"vs {report['baseline']}, {report['labeler']} labeler", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def write_report(report, out_dir):
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "report.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write(markdown(report))
-    plot(report, os.path.join(out_dir, "report.png"))
-
-
-def aggregate(reports):
-    """Several seeds' reports -> one: every number the mean over the seeds that have it, its
-    standard deviation under "spread" (same shape), n_seeds the count."""
-    def merge(values):
-        if isinstance(values[0], dict):
-            keys = [k for k in values[0] if all(k in v for v in values)]
-            pairs = {k: merge([v[k] for v in values]) for k in keys}
-            return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
-        nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        if nums and all(v is None or v in nums for v in values):
-            mean = sum(nums) / len(nums)
-            return mean, math.sqrt(sum((v - mean) ** 2 for v in nums) / max(1, len(nums) - 1))
-        return values[0], None
-    mean, spread = merge(reports)
-    return {**mean, "spread": spread, "n_seeds": len(reports)}
 
 
 # ---------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanoinstruct import checkpoint, data, evaluate
+from nanoinstruct import checkpoint, data, evaluate, report
 from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
 from nanoinstruct.tokenizer import get_tokenizer
 from nanoinstruct.world import LABELERS, REFUSAL, USE_CASE, demonstrate, gold_score, make_prompt
@@ -170,20 +170,20 @@ def test_correctness_accuracy_on_a_length_reward():
 
 
 def test_aggregate_means_and_spreads():
-    def report(w, g, acc):
+    def seed_report(w, g, acc):
         return {"baseline": "sft", "labeler": "heldout", "models": {"a": {"winrate": w, "gold_score": g}},
                 "reward_model": {"accuracy": acc, "labeler_agreement": None}, "seconds": {"rm": 10.0}}
-    reports = [report(0.6, -1.0, 0.7), report(0.7, 0.0, 0.7), report(0.8, 1.0, 0.7)]
+    reports = [seed_report(0.6, -1.0, 0.7), seed_report(0.7, 0.0, 0.7), seed_report(0.8, 1.0, 0.7)]
     for r, v in zip(reports, (0.2, None, 0.4)):
         r["models"]["a"]["unsafe_refused"] = v
-    agg = evaluate.aggregate(reports)
+    agg = report.aggregate(reports)
     assert agg["models"]["a"]["unsafe_refused"] == pytest.approx(0.3)
     assert agg["n_seeds"] == 3 and agg["baseline"] == "sft"
     assert agg["models"]["a"]["winrate"] == pytest.approx(0.7)
     assert agg["spread"]["models"]["a"]["winrate"] == pytest.approx(0.1)
     assert agg["spread"]["models"]["a"]["gold_score"] == pytest.approx(1.0)
     assert agg["reward_model"]["labeler_agreement"] is None
-    md = evaluate.markdown(agg)
+    md = report.markdown(agg)
     assert "70.0% ± 10.0%" in md and "mean ± std over 3 seeds" in md
 
 
