@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from helpers import kill_at_step
+from helpers import first_step_grads, kill_at_step, relative_error
 
 import train_rm
 from nanoinstruct import checkpoint, collect, data, losses
@@ -171,16 +171,12 @@ def test_bad_input_is_one_line_and_writes_nothing(world, tmp_path):
 
 def test_ddp_two_processes_equal_one(world, tmp_path):
     """Each prompt weighs 1/(prompts in the global step) wherever it lands: 2 ranks x 4
-    prompts take the same steps as 1 rank x 8 (K varies, so rows per rank differ)."""
-    common = ["--epochs=0.3", "--eval_interval=1000", "--warmup_iters=1"]
-    one = run_script(*flags(world, tmp_path / "one", *common, "--batch_size=8"))
-    assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "train_rm.py", *flags(world, tmp_path / "two", *common, "--batch_size=4")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert two.returncode == 0, two.stderr[-3000:]
-    a, b = checkpoint.load(str(tmp_path / "one"))[0], checkpoint.load(str(tmp_path / "two"))[0]
-    err = max((x - y).abs().max().item() for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-    assert err < 1e-5, err
-    assert "6 steps" in two.stdout and two.stdout.count("done:") == 1     # rank 0 alone reports
+    prompts take the step of 1 rank x 8 (K varies, so rows per rank differ). Compared on the
+    first step's gradient."""
+    common = ["--epochs=0.15", "--eval_interval=1000", "--warmup_iters=1"]
+    one, _ = first_step_grads("train_rm", tmp_path / "one.safetensors",
+                              flags(world, tmp_path / "one", *common, "--batch_size=8"))
+    two, r = first_step_grads("train_rm", tmp_path / "two.safetensors",
+                              flags(world, tmp_path / "two", *common, "--batch_size=4"), nproc=2)
+    assert relative_error(one, two) < 1e-5, relative_error(one, two)
+    assert "3 steps" in r.stdout and r.stdout.count("done:") == 1     # rank 0 alone reports

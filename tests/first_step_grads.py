@@ -1,0 +1,38 @@
+"""Run a stage script with its first optimizer step's gradients written to OUT.
+
+    python tests/first_step_grads.py OUT train_sft [flags...]
+    python -m torch.distributed.run --nproc_per_node=2 tests/first_step_grads.py OUT train_sft [flags...]
+
+The gradients are the ones that step applies: after DDP's all-reduce and clipping, as float64,
+keyed by (param group, index), written by rank 0. The run then goes on as usual.
+
+The DDP-equality tests compare these, not the weights after a few steps: a normalisation or
+reduction bug shows in one step's gradient at full size, while Adam amplifies float32
+summation-order noise (its first step moves every weight by about lr whatever the gradient's
+size, so the sign of a near-zero gradient, which the summation order decides, shows at full
+size in the weights).
+"""
+
+import importlib
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+
+out, script, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+step, done = torch.optim.AdamW.step, []
+
+
+def capture(self, *args, **kwargs):
+    if not done and (not dist.is_initialized() or dist.get_rank() == 0):
+        save_file({f"{i}.{j}": (p.grad if p.grad is not None else torch.zeros_like(p)).double()
+                   for i, group in enumerate(self.param_groups) for j, p in enumerate(group["params"])}, out)
+    done.append(True)
+    return step(self, *args, **kwargs)
+
+
+torch.optim.AdamW.step = capture
+importlib.import_module(script).main(argv)
