@@ -111,7 +111,8 @@ def main(argv=None):
     # ---- the four models ----------------------------------------------------------------
     torch.manual_seed(cfg.seed)                                   # a preset's initial weights
     if cfg.bench:  # the issue's tiny configuration: 2 layers, 2 heads, 64 wide, vocab 512
-        tok, small, ckpt = get_tokenizer("bytes"), GPTConfig(2, 2, 64, 512, 64), None
+        tok, ckpt = get_tokenizer("bytes"), None
+        small = GPTConfig(2, 2, 64, 512, 64, n_real=tok.n_real)
         ref, reward, value = GPT(small), ScalarGPT(small), ScalarGPT(small)
         g = torch.Generator().manual_seed(0)
         prompts = torch.randint(0, 256, (1024, 16), generator=g).tolist()   # 16-token prompts
@@ -124,9 +125,18 @@ def main(argv=None):
         if not meta.get("normalized"):
             distributed.print0(d, f"warning: --reward={cfg.reward} was not normalised on demonstrations",
                                file=sys.stderr)
-        value, _ = run.init_scalar(cfg.value_init or cfg.reward, cfg.tokenizer, dropout=0.0)
-        records = data.fit_prompts(data.read_prompts(cfg.prompts), tok,
-                                   ref.config.block_size - cfg.max_new_tokens, cfg.prompts)
+        value, value_tok = run.init_scalar(cfg.value_init or cfg.reward, cfg.tokenizer, dropout=0.0)
+        # one tokenizer for all four models, and room in every one's context for the rollouts
+        for flag, t in (("reward", get_tokenizer(meta.get("tokenizer", "bytes"))), ("value_init", value_tok)):
+            if t != tok:
+                raise UserError(f"--{flag}={getattr(cfg, flag) or cfg.reward}: its tokenizer ({t.name}) is not "
+                                f"the policy's ({tok.name}); policy, reference, reward model and value "
+                                f"function must share one")
+        block = min(m.config.block_size for m in (ref, reward, value))
+        if block <= cfg.max_new_tokens:
+            raise UserError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in a context "
+                            f"of {block} tokens (the smallest block_size of policy, reward model and value)")
+        records = data.fit_prompts(data.read_prompts(cfg.prompts), tok, block - cfg.max_new_tokens, cfg.prompts)
         prompts = [tok.encode_prompt(r["prompt"]) for r in records]
     # the policy starts as an exact copy of the reference (a resumed one from its checkpoint)
     policy = run.init_gpt(ckpt, cfg.tokenizer, dropout=0.0)[0] if cfg.resume else copy.deepcopy(ref)
@@ -143,16 +153,14 @@ def main(argv=None):
     B, M, W = cfg.batch_size, cfg.batch_size // cfg.minibatches, d.world_size
     prompt_at = run.epoch_sampler(prompts, cfg.seed)              # global rollout position -> prompt
 
-    def response_logprobs(model, ids, mask, P, entropy=False):
-        """log pi(y_t | x, y_<t) at --temperature for the response tokens ids[:, P:] (B, N),
-        from the sampler's own distribution: logits over the ids it can emit (below PAD,
-        which is the tokenizer's last id; the embedding's padding rows are never sampled)."""
-        with run.autocast(dev):
-            logits = model(ids, mask)[:, P - 1:-1, :tok.pad_id]           # (B, N, V')
+    def response_logprobs(model, ids, mask, P):
+        """(log pi(y_t | x, y_<t), entropy) at --temperature for the response tokens ids[:, P:],
+        each (B, N): the sampler's own distribution, over the real vocabulary it samples from.
+        Only the response positions reach the unembedding."""
         targets = ids[:, P:].masked_fill(ids[:, P:] == tok.pad_id, 0)     # PAD after EOS: masked later
-        if entropy:
-            return kernels.token_logprobs_and_entropy(logits, targets, cfg.temperature)
-        return kernels.token_logprobs(logits, targets, cfg.temperature)
+        with run.autocast(dev):
+            h = model.hidden(ids, mask)[:, P - 1:-1]                       # (B, N, C)
+            return model.logprobs(h, targets, cfg.temperature)
 
     def values_of(model, ids, mask, P):
         """V of the state before each response token: the head at positions P-1 .. end-1 (B, N)."""
@@ -198,9 +206,9 @@ def main(argv=None):
         with torch.no_grad():
             logp, ent, ref_logp, old_values, scores = [], [], [], [], []
             for mb in torch.arange(B, device=dev).split(M):
-                lp, h = response_logprobs(policy, ids[mb], mask[mb], P, entropy=True)
+                lp, h = response_logprobs(policy, ids[mb], mask[mb], P)
                 logp.append(lp), ent.append(h)
-                ref_logp.append(response_logprobs(ref, ids[mb], mask[mb], P))
+                ref_logp.append(response_logprobs(ref, ids[mb], mask[mb], P)[0])
                 old_values.append(values_of(value, ids[mb], mask[mb], P))
                 with run.autocast(dev):
                     scores.append(reward.score(ids[mb], mask[mb]))
@@ -223,7 +231,7 @@ def main(argv=None):
             # recomputes exactly the rollout's log-probs (ratio 1, approx_kl 0)
             order = torch.arange(B) if epoch == 0 else torch.randperm(B, generator=g_cpu)
             for mb in order.to(dev).split(M):
-                new_logp = response_logprobs(policy, ids[mb], mask[mb], P)
+                new_logp = response_logprobs(policy, ids[mb], mask[mb], P)[0]
                 pg_loss, pg = losses.ppo_policy_loss(new_logp, logp[mb], advantages[mb], r_mask[mb], cfg.clip)
                 vpred = values_of(value, ids[mb], mask[mb], P)
                 vf_loss, vf = losses.ppo_value_loss(vpred, old_values[mb], returns[mb], r_mask[mb], cfg.vf_clip)
@@ -231,8 +239,8 @@ def main(argv=None):
                 if ptx_rows is not None:  # gamma * E[-log pi(x)] on pretraining text, same step
                     rows = ptx_rows[torch.randint(len(ptx_rows), (cfg.ptx_batch_size,), generator=g_cpu)].to(dev)
                     with run.autocast(dev):
-                        lm_logits = policy(rows[:, :-1])
-                    ptx_loss = losses.lm_nll_sum(lm_logits, rows[:, 1:], torch.ones_like(rows[:, 1:])) / rows[:, 1:].numel()
+                        lm_logp, _ = policy(rows[:, :-1], targets=rows[:, 1:])       # (ptx_batch, T)
+                    ptx_loss = -lm_logp.mean()
                     loss = loss + cfg.ptx_coef * ptx_loss
                 for name, x in (("policy loss", pg_loss), ("value loss", vf_loss), ("loss", loss)):
                     run.check_finite(x, f"the {name}", it, ckpt)

@@ -106,13 +106,14 @@ def main(argv=None):
         m = torch.zeros(len(examples), L)
         for b, (ids, mask) in enumerate(examples):
             x[b, :len(ids)], m[b, :len(mask)] = ids, mask
-        return x[:, :-1].to(d.device), x[:, 1:].to(d.device), m.to(d.device)
+        y = x[:, 1:].masked_fill(x[:, 1:] == tok.pad_id, 0)       # PAD targets carry no loss
+        return x[:, :-1].to(d.device), y.to(d.device), m.to(d.device)
 
     def nll_sum(net, batch):
         x, y, m = batch
         with run.autocast(d.device):
-            logits = net(x)                                                   # (B, L, V)
-        return losses.lm_nll_sum(logits, y, m)
+            logp, _ = net(x, targets=y)                  # (B, L) over the real vocabulary
+        return losses.lm_nll_sum(logp, m)
 
     # ---- optimizer, resume ------------------------------------------------------------
     optimizer = run.make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))

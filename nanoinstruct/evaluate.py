@@ -189,7 +189,7 @@ def pretrain_loss(model, tok, texts, max_tokens, device="cpu", batch_size=16):
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size].to(device)
         x, y = chunk[:, :-1], chunk[:, 1:]
-        total += losses.lm_nll_sum(model(x), y, torch.ones_like(y, dtype=torch.float)).item()
+        total += losses.lm_nll_sum(model(x, targets=y)[0], 1.0).item()
     return total / rows[:, 1:].numel()
 
 

@@ -10,6 +10,12 @@ pre-LN blocks, learned positions, tanh-GELU, tied input/output embeddings, Layer
 Module names follow GPT2LMHeadModel's, so HF import/export is a transpose of the
 Conv1D weights (HF stores them (in, out); nn.Linear stores (out, in)).
 
+The real vocabulary: the embedding may have more rows than the tokenizer has ids (PAD, and
+padding to a multiple of 64 for speed). Those rows are inputs only: logits, log-probs and
+samples cover the first `n_real` ids, the ones the tokenizer's text can produce, so that no
+log-softmax ever spreads mass over a row no target can hit (with released GPT-2 weights,
+whose real logits sit far below zero, zero-initialised padding rows would take it all).
+
 Added for RLHF:
 - left-padded batches: `attention_mask` (B, S) marks real tokens; position ids are its
   cumulative sum, and padded keys are masked out, so a prompt's logits do not depend on
@@ -32,6 +38,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from safetensors.torch import load_file, save_file
 
+import kernels
 from nanoinstruct.cli import UserError
 
 
@@ -40,10 +47,16 @@ class GPTConfig:
     n_layer: int
     n_head: int
     n_embd: int
-    vocab_size: int        # embedding rows; may exceed the tokenizer's n_vocab (padding)
+    vocab_size: int        # embedding rows; may exceed the tokenizer's n_vocab (PAD, padding)
     block_size: int        # maximum sequence length (learned positions)
     dropout: float = 0.0   # embedding, attention and residual dropout (GPT-2's three pdrops)
     bias: bool = True      # biases in Linear and LayerNorm (GPT-2 has them)
+    n_real: int = 0        # the ids the model predicts, 0 .. n_real-1 (0: all vocab_size rows)
+
+    def __post_init__(self):
+        self.n_real = self.n_real or self.vocab_size
+        if not 0 < self.n_real <= self.vocab_size:
+            raise ValueError(f"n_real {self.n_real} must be in 1 .. vocab_size {self.vocab_size}")
 
 
 # Size presets (vocab_size comes from the tokenizer). "tiny" is the embedded default's
@@ -201,9 +214,22 @@ class GPT(nn.Module):
             cache.pos += T
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, attention_mask=None, cache=None):
-        """idx (B, T) long -> logits (B, T, vocab_size)."""
-        return self.lm_head(self.hidden(idx, attention_mask, cache))
+    def forward(self, idx, attention_mask=None, cache=None, targets=None, temperature=1.0):
+        """idx (B, T) long -> logits (B, T, n_real) over the real vocabulary; or, given
+        targets (B, T) long in [0, n_real): (log p(targets) (B, T), entropy (B, T)), float32,
+        at the temperature (see `logprobs`). nanoGPT takes targets in forward too: under DDP
+        the loss must come out of the wrapped module's forward for gradients to be reduced."""
+        h = self.hidden(idx, attention_mask, cache)
+        if targets is None:
+            return F.linear(h, self.lm_head.weight[:self.config.n_real])
+        return self.logprobs(h, targets, temperature)
+
+    def logprobs(self, h, targets, temperature=1.0):
+        """Final hidden states h (B, T, C) and the ids they predict, targets (B, T) ->
+        (log p(targets), entropy), each (B, T) float32, under softmax(h W^T / temperature)
+        over the real vocabulary W = lm_head.weight[:n_real] (the tied embedding's rows)."""
+        logits = F.linear(h, self.lm_head.weight[:self.config.n_real])             # (B, T, n_real)
+        return kernels.token_logprobs_and_entropy(logits, targets, temperature)
 
     # ----------------------------------------------------------------------------------
     # sampling
@@ -216,8 +242,8 @@ class GPT(nn.Module):
         prompt (B, P) long, prompt_mask (B, P): 1 on real prompt tokens (padding on the left).
         Returns response (B, N) with N <= max_new_tokens, PAD after each row's EOS, and
         response_mask (B, N) float: 1 up to and including EOS. Rows stop independently;
-        sampling stops when all rows have emitted EOS. Ids >= n_vocab (embedding padding)
-        and PAD are never sampled. temperature 0 is greedy.
+        sampling stops when all rows have emitted EOS. Only the real vocabulary is sampled
+        (ids < n_real, and < n_vocab if given); never PAD. temperature 0 is greedy.
         """
         B, P = prompt.shape
         if max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
@@ -229,7 +255,7 @@ class GPT(nn.Module):
         if P + max_new_tokens > self.config.block_size:
             raise ValueError(f"prompt length {P} + max_new_tokens {max_new_tokens} exceeds "
                              f"block_size {self.config.block_size}")
-        n_vocab = n_vocab or self.config.vocab_size
+        n_vocab = min(n_vocab or self.config.n_real, self.config.n_real)
         was_training = self.training
         self.eval()  # no dropout while sampling
         cache = KVCache(self.config.n_layer, P + max_new_tokens)
@@ -338,8 +364,9 @@ class GPT(nn.Module):
 def sample_token(logits, temperature, top_k, top_p, n_vocab, pad_id, generator=None):
     """logits (B, V) -> sampled ids (B,). Temperature 0 is greedy."""
     logits = logits.float().clone()
-    logits[:, n_vocab:] = -float("inf")      # embedding padding past the tokenizer's ids
-    logits[:, pad_id] = -float("inf")        # PAD is for batching only
+    logits[:, n_vocab:] = -float("inf")      # past the tokenizer's ids
+    if pad_id < logits.shape[-1]:
+        logits[:, pad_id] = -float("inf")    # PAD is for batching only
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits / temperature

@@ -28,12 +28,18 @@ def init_gpt(spec, tokenizer, dropout, block_size=None):
     if spec in PRESETS:
         tok = get_tokenizer(tokenizer)
         cfg = {**PRESETS[spec], **({"block_size": block_size} if block_size else {})}
-        return GPT(GPTConfig(**cfg, vocab_size=64 * math.ceil(tok.n_vocab / 64), dropout=dropout)), tok
+        return GPT(GPTConfig(**cfg, vocab_size=64 * math.ceil(tok.n_vocab / 64), dropout=dropout,
+                             n_real=tok.n_real)), tok
     if not os.path.isdir(spec):
         raise UserError(f"--init={spec}: not a preset ({', '.join(PRESETS)}) nor a directory")
     hf_config = os.path.join(spec, "config.json")
     if os.path.isfile(hf_config) and "model_type" in json.load(open(hf_config)):
         tok = get_tokenizer(tokenizer)
+        n_real = json.load(open(hf_config)).get("vocab_size")
+        if n_real != tok.n_real:
+            hint = "; pass --tokenizer=gpt2 or the path of its .tiktoken ranks file" if tokenizer == "bytes" else ""
+            raise UserError(f"--init={spec}: the model predicts {n_real} token ids and --tokenizer={tokenizer} "
+                            f"has {tok.n_real}: they do not fit{hint}")
         model = GPT.from_hf(spec, dropout=dropout, vocab_size=64 * math.ceil(tok.n_vocab / 64))
         return model, tok
     model, meta = checkpoint.load(spec)
@@ -41,7 +47,17 @@ def init_gpt(spec, tokenizer, dropout, block_size=None):
         raise UserError(f"--init={spec}: a {meta['kind']} checkpoint, not a language model")
     fresh = GPT(dataclasses.replace(model.config, dropout=dropout))  # dropout: this run's
     fresh.load_state_dict(model.state_dict())
-    return fresh, get_tokenizer(meta.get("tokenizer", "bytes"))
+    tok = get_tokenizer(meta.get("tokenizer", "bytes"))
+    check_fit(fresh.config, tok, f"--init={spec}")
+    return fresh, tok
+
+
+def check_fit(config, tok, where):
+    """A model and a tokenizer fit when the model predicts exactly the tokenizer's real ids
+    (config.n_real == tok.n_real) and has an embedding row for every id, PAD included."""
+    if config.n_real != tok.n_real or config.vocab_size < tok.n_vocab:
+        raise UserError(f"{where}: the model predicts {config.n_real} token ids ({config.vocab_size} embedding "
+                        f"rows); its tokenizer {tok.name} has {tok.n_real} (+ PAD): they do not fit")
 
 
 def init_scalar(spec, tokenizer, dropout, block_size=None):
@@ -56,7 +72,9 @@ def init_scalar(spec, tokenizer, dropout, block_size=None):
         model, meta = checkpoint.load(spec)
         fresh = ScalarGPT(dataclasses.replace(model.config, dropout=dropout))
         fresh.load_state_dict(model.state_dict())
-        return fresh, get_tokenizer(meta.get("tokenizer", "bytes"))
+        tok = get_tokenizer(meta.get("tokenizer", "bytes"))
+        check_fit(fresh.config, tok, spec)
+        return fresh, tok
     gpt, tok = init_gpt(spec, tokenizer, dropout, block_size)
     return ScalarGPT.from_gpt(gpt), tok
 

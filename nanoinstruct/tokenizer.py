@@ -47,10 +47,17 @@ class Tokenizer:
         self.enc = enc
         self.eos_id = specials[EOS]
         self.pad_id = specials[PAD]
-        self.n_vocab = enc.n_vocab                  # real ids are 0 .. n_vocab-1; the model may pad
+        self.n_vocab = enc.n_vocab                  # ids 0 .. n_vocab-1, PAD the last; the model may pad
+        assert self.pad_id == self.n_vocab - 1, "PAD must be the last id"
+        self.n_real = self.pad_id                   # the ids a model predicts: every one but PAD
         # some encodings (cl100k, o200k) leave gaps below n_vocab; decode skips them
         self.valid = set(enc._mergeable_ranks.values()) | set(specials.values())
         assert self.eos_id != self.pad_id
+
+    def __eq__(self, other):
+        """The same ids for the same text: same split regex, ranks and special tokens."""
+        return isinstance(other, Tokenizer) and (self.enc._pat_str, self.enc._special_tokens) == \
+            (other.enc._pat_str, other.enc._special_tokens) and self.enc._mergeable_ranks == other.enc._mergeable_ranks
 
     def encode(self, text):
         """Plain text -> ids. Special-token strings in text are encoded as plain text."""

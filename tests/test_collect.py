@@ -16,7 +16,7 @@ from nanoinstruct.world import build
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("collect")
     torch.manual_seed(0)
-    policy = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=264, block_size=128))
+    policy = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=264, block_size=128, n_real=257))
     checkpoint.save(str(d / "policy"), policy, {"tokenizer": "bytes"})
     prompts = build(0, corpus_docs=10, sizes=dict(sft=1, sft_val=1, rm=30, rm_val=1, ppo=1, eval=1))
     data.write_jsonl(str(d / "prompts.jsonl"), prompts["rm_prompts.jsonl"])

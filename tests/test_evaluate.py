@@ -225,7 +225,7 @@ def test_report_files_from_a_real_evaluation(tmp_path):
                          else files["corpus.jsonl"][:20])
     torch.manual_seed(0)
     for name in ("a", "b"):
-        model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=320, block_size=256))
+        model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=320, block_size=256, n_real=257))
         checkpoint.save(str(tmp_path / name), model, {"tokenizer": "bytes"})
     (tmp_path / "secs.txt").write_text("pretrain 12.5\nsft 3\n")
     p = cli(f"--policies=sft={tmp_path / 'a'},other={tmp_path / 'b'},other_prompted={tmp_path / 'b'}",

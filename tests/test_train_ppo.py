@@ -16,7 +16,7 @@ from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
 from nanoinstruct.world import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = GPTConfig(n_layer=2, n_head=2, n_embd=64, vocab_size=320, block_size=96)
+SMALL = GPTConfig(n_layer=2, n_head=2, n_embd=64, vocab_size=320, block_size=96, n_real=257)  # bytes
 TARGET = ord("e")
 
 

@@ -43,7 +43,7 @@ def world(tmp_path_factory):
     data.write_jsonl(str(d / "cmp_val.jsonl"), ranked(files["rm_val_prompts.jsonl"], r, 4))
     data.write_jsonl(str(d / "sft.jsonl"), files["sft.jsonl"])
     torch.manual_seed(0)
-    sft = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=320, block_size=256))
+    sft = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=320, block_size=256, n_real=257))
     checkpoint.save(str(d / "sft"), sft, {"tokenizer": "bytes"})
     return d
 

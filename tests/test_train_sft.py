@@ -61,15 +61,17 @@ def test_prompt_targets_carry_no_loss():
     torch.manual_seed(0)
     model = GPT(GPTConfig(1, 2, 32, 320, 64)).eval()
     x, y = ids[None, :-1], ids[None, 1:]
-    with torch.no_grad():
-        logits = model(x)
-    base = lm_nll_sum(logits, y, mask[None])
+
+    def loss(y):
+        with torch.no_grad():
+            return lm_nll_sum(model(x, targets=y)[0], mask[None])
+    base = loss(y)
     y2 = y.clone()
     y2[0, 3] = (y2[0, 3] + 1) % 256                              # a prompt token's target
-    assert lm_nll_sum(logits, y2, mask[None]) == base
+    assert loss(y2) == base
     y3 = y.clone()
     y3[0, -2] = (y3[0, -2] + 1) % 256                            # a response token's target
-    assert lm_nll_sum(logits, y3, mask[None]) != base
+    assert loss(y3) != base
 
 
 def test_resume_is_bit_identical(world, tmp_path, monkeypatch):
@@ -132,9 +134,61 @@ def test_bad_input_is_one_line_and_touches_nothing(world, tmp_path):
 
 def test_init_from_hf_directory(world, tmp_path):
     transformers = pytest.importorskip("transformers")
-    c = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=300, n_positions=64,
-                                bos_token_id=0, eos_token_id=0)
+    c = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=257, n_positions=64,
+                                bos_token_id=256, eos_token_id=256)
     transformers.GPT2LMHeadModel(c).save_pretrained(tmp_path / "hf")
     train_sft.main(flags(world, tmp_path / "o", "--max_iters=2", mode="sft") + [f"--init={tmp_path / 'hf'}"])
     cfg = json.load(open(tmp_path / "o" / "ckpt" / "config.json"))
-    assert cfg["model"]["vocab_size"] == 320 and cfg["model"]["n_embd"] == 32   # grown for PAD
+    assert cfg["model"]["vocab_size"] == 320 and cfg["model"]["n_real"] == 257   # grown for PAD
+    c.vocab_size = 300                                # a model that does not fit the byte tokenizer
+    transformers.GPT2LMHeadModel(c).save_pretrained(tmp_path / "hf300")
+    r = run_script(*flags(world, tmp_path / "o2", "--max_iters=1", mode="sft"), f"--init={tmp_path / 'hf300'}")
+    assert r.returncode == 2 and "predicts 300 token ids and --tokenizer=bytes has 257" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "o2" / "ckpt").exists()
+
+
+def bpe_ranks_file(path, n):
+    """A .tiktoken file of n ranks: the 256 bytes, then two-byte tokens of printable ASCII
+    (reachable merges). An unknown stem gets GPT-2's regex and EOS = n, PAD = n + 1."""
+    import base64
+    pairs = [bytes([a, b]) for a in range(97, 123) for b in range(32, 127)]
+    tokens = [bytes([i]) for i in range(256)] + pairs[:n - 256]
+    path.write_text("".join(f"{base64.b64encode(t).decode()} {i}\n" for i, t in enumerate(tokens)))
+    return path
+
+
+def test_gpt2_shaped_checkpoint_loss_equals_transformers(world, tmp_path):
+    """Released GPT-2's logits sit far below zero. The embedding grown for PAD (and to a
+    multiple of 64) must not enter the softmax: a zero row there would have logit 0 and take
+    almost all the probability (the first SFT loss was 64.2 where transformers gives 11.2).
+    With a negligible learning rate, train_sft's held-out loss equals transformers' on the
+    same weights and demonstrations."""
+    transformers = pytest.importorskip("transformers")
+    V = 1000                                          # 999 ranks + EOS, as GPT-2 is 50256 + 1
+    tok_file = bpe_ranks_file(tmp_path / "ranks.tiktoken", V - 1)
+    c = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=V, n_positions=128,
+                                bos_token_id=V - 1, eos_token_id=V - 1)
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(c).eval()
+    with torch.no_grad():  # shift every real logit by about -60 (softmax-invariant over real ids)
+        u = torch.nn.functional.normalize(torch.randn(32), dim=0)
+        hf.transformer.ln_f.bias += 15 * u
+        hf.transformer.wte.weight -= 6 * u
+    hf.save_pretrained(tmp_path / "hf")
+    tok = get_tokenizer(str(tok_file))
+    val = data.read_demos(str(world / "sft_val.jsonl"))
+    nll = count = 0.0
+    with torch.no_grad():
+        for r in val:
+            ids, mask = data.sft_example(tok, r["prompt"], r["response"])
+            logits = hf(ids[None, :-1]).logits[0]                           # (L, V)
+            assert logits.max() < -40                                      # far below zero
+            lp = torch.log_softmax(logits.double(), -1).gather(-1, ids[1:, None])[:, 0]
+            nll, count = nll - (lp * mask).sum().item(), count + mask.sum().item()
+    train_sft.main(flags(world, tmp_path / "o", "--max_iters=1", "--lr=1e-12", "--min_lr=0", "--warmup_iters=1",
+                         "--eval_batches=100", "--batch_size=4", mode="sft")
+                   + [f"--init={tmp_path / 'hf'}", f"--tokenizer={tok_file}", "--block_size=0"])
+    val_loss = [r for r in metrics(tmp_path / "o") if "val_loss" in r][-1]["val_loss"]
+    assert abs(val_loss - nll / count) < 1e-4, (val_loss, nll / count)
+    cfg = json.load(open(tmp_path / "o" / "ckpt" / "config.json"))["model"]
+    assert (cfg["vocab_size"], cfg["n_real"]) == (1024, V)

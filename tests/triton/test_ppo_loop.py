@@ -15,7 +15,7 @@ def test_two_iterations_on_triton_kernels(tmp_path):
     files = build(0, corpus_docs=20, sizes=dict(sft=1, sft_val=1, rm=1, rm_val=1, ppo=16, eval=1))
     data.write_jsonl(str(tmp_path / "prompts.jsonl"), files["ppo_prompts.jsonl"])
     data.write_jsonl(str(tmp_path / "corpus.jsonl"), files["corpus.jsonl"])
-    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=320, block_size=96)
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=320, block_size=96, n_real=257)
     torch.manual_seed(0)
     checkpoint.save(str(tmp_path / "sft"), GPT(cfg), {"tokenizer": "bytes"})
     checkpoint.save(str(tmp_path / "rm"), ScalarGPT(cfg), {"tokenizer": "bytes", "normalized": True})
