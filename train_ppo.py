@@ -19,13 +19,23 @@ One iteration, in the order of openai/lm-human-preferences:
   4. per-token rewards: -beta * kl_t on every response token, plus the score on the last
      (kernels.penalized_rewards; kl_t = logp_t - ref_logp_t by default, "k1")
   5. values V(x, y_<t), then advantages and returns by GAE (kernels.gae); advantages
-     whitened over the real tokens
+     whitened over the real tokens (of every rank)
   6. --ppo_epochs passes over the rollouts in --minibatches; each minibatch takes ONE
-     optimizer step on  policy loss + vf_coef * value loss (+ ptx_coef * the language-model
-     loss of a batch of pretraining text: PPO-ptx's gamma term, in the same step, as eq. 2
-     writes it)
+     optimizer step on  policy loss + value loss (+ ptx_coef * the language-model loss of a
+     batch of pretraining text: PPO-ptx's gamma term, in the same step, as eq. 2 writes it).
+     Both losses are means over the minibatch's real tokens on all ranks, so that under DDP
+     every token weighs the same whatever rank it landed on. The value function is its own
+     network (the paper starts it from the reward model) with its own learning rate,
+     --vf_lr; lm-human-preferences put a value head on the policy's trunk and weighed its
+     loss with vf_coef instead, a knob that does nothing here: Adam's step does not change
+     when a separate network's loss is scaled by a constant.
   7. beta: fixed, or LHP's adaptive controller when --target_kl > 0:
        beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * rollouts / horizon)
+
+When the prompts carry the world's metadata, each iteration also logs `gold`: the rollouts'
+mean gold score under the training labeler's weights without its noise (world.gold_score),
+beside the reward model's `score`. Plotted against `kl`, the two part where PPO starts to
+over-optimise the proxy (Gao et al. 2022), which a run on real data cannot see.
 
     python train_ppo.py --init=out/sft --reward=out/rm --out_dir=out/ppo
     python train_ppo.py --init=out/sft --reward=out/rm --ptx_coef=1 --out_dir=out/ppo_ptx
@@ -41,7 +51,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 import kernels
-from nanoinstruct import checkpoint, data, distributed, losses, run
+from nanoinstruct import checkpoint, data, distributed, losses, run, world
 from nanoinstruct.cli import UserError, cli_main, parse_flags
 from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
 from nanoinstruct.tokenizer import get_tokenizer
@@ -74,7 +84,7 @@ class Config:
     grad_clip: float = 1.0                # per model; 0: off
     clip: float = 0.2                     # PPO's ratio clip
     vf_clip: float = 0.2                  # value clip, around the rollout's values
-    vf_coef: float = 0.1
+    vf_lr: float = 0.0                    # the value function's learning rate (0: --lr)
     gamma: float = 1.0                    # GAE discount
     lam: float = 0.95                     # GAE lambda
     kl_coef: float = 0.02                 # beta (the initial beta when adaptive)
@@ -151,7 +161,10 @@ def main(argv=None):
         ptx_rows = data.pack_documents(tok, texts, min(cfg.ptx_block_size, policy.config.block_size))
 
     B, M, W = cfg.batch_size, cfg.batch_size // cfg.minibatches, d.world_size
-    prompt_at = run.epoch_sampler(prompts, cfg.seed)              # global rollout position -> prompt
+    index_at = run.epoch_sampler(range(len(prompts)), cfg.seed)   # global rollout position -> prompt
+    gold_of = None                                                # the world's gold score, when it applies
+    if not cfg.bench and all("family" in r for r in records):
+        gold_of = lambda rec, y: world.gold_score(rec, y, world.LABELERS["train"].weights)  # noqa: E731
 
     def response_logprobs(model, ids, mask, P):
         """(log pi(y_t | x, y_<t), entropy) at --temperature for the response tokens ids[:, P:],
@@ -169,7 +182,9 @@ def main(argv=None):
 
     # ---- optimizer, resume ------------------------------------------------------------
     params = [p for m in (policy, value) for p in m.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW([{"params": list(policy.parameters()), "lr": cfg.lr},
+                                   {"params": list(value.parameters()), "lr": cfg.vf_lr or cfg.lr}],
+                                  betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     it, kl_coef = 0, cfg.kl_coef
     if cfg.resume:
         state = checkpoint.load_resume(ckpt)
@@ -196,8 +211,8 @@ def main(argv=None):
         g = torch.Generator(dev).manual_seed(seed)                # sampling
         g_cpu = torch.Generator().manual_seed(seed)               # minibatch shuffles, pretraining rows
         # 1. rollout
-        batch = [prompt_at((it * W + d.rank) * B + i) for i in range(B)]
-        p_ids, p_mask = data.left_pad(batch, tok.pad_id)                       # (B, P)
+        batch = [index_at((it * W + d.rank) * B + i) for i in range(B)]
+        p_ids, p_mask = data.left_pad([prompts[i] for i in batch], tok.pad_id)  # (B, P)
         p_ids, p_mask, P = p_ids.to(dev), p_mask.to(dev), p_ids.shape[1]
         response, r_mask = policy.generate(p_ids, p_mask, cfg.max_new_tokens, tok.eos_id, tok.pad_id,
                                            tok.n_vocab, cfg.temperature, generator=g)  # (B, N)
@@ -220,8 +235,10 @@ def main(argv=None):
             rewards = kernels.penalized_rewards(scores, logp, ref_logp, r_mask, kl_coef, cfg.kl_kind)
             advantages, returns = kernels.gae(rewards, old_values, r_mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
-                advantages = losses.whiten(advantages, r_mask)
+                advantages = losses.whiten(advantages, r_mask, all_sum=lambda t: distributed.all_sum(d, t))
             kl = (kernels.kl_estimate(logp, ref_logp, "k1") * r_mask).sum(1)  # (B,) nats per response
+        if gold_of:  # the world's gold score of what was sampled, noise-free (not used for training)
+            gold = sum(gold_of(records[i], tok.decode_response(y)) for i, y in zip(batch, response.tolist())) / B
         t_rollout = timer.elapsed()
 
         # 6. PPO epochs over minibatches; each minibatch is one optimizer step
@@ -231,11 +248,14 @@ def main(argv=None):
             # recomputes exactly the rollout's log-probs (ratio 1, approx_kl 0)
             order = torch.arange(B) if epoch == 0 else torch.randperm(B, generator=g_cpu)
             for mb in order.to(dev).split(M):
+                # token means over the minibatch's real tokens on every rank: the gradients are
+                # averaged over ranks below, so each rank divides by the global count / W
+                n = distributed.all_sum(d, r_mask[mb].sum()) / W
                 new_logp = response_logprobs(policy, ids[mb], mask[mb], P)[0]
-                pg_loss, pg = losses.ppo_policy_loss(new_logp, logp[mb], advantages[mb], r_mask[mb], cfg.clip)
+                pg_loss, pg = losses.ppo_policy_loss(new_logp, logp[mb], advantages[mb], r_mask[mb], cfg.clip, n)
                 vpred = values_of(value, ids[mb], mask[mb], P)
-                vf_loss, vf = losses.ppo_value_loss(vpred, old_values[mb], returns[mb], r_mask[mb], cfg.vf_clip)
-                loss = pg_loss + cfg.vf_coef * vf_loss
+                vf_loss, vf = losses.ppo_value_loss(vpred, old_values[mb], returns[mb], r_mask[mb], cfg.vf_clip, n)
+                loss = pg_loss + vf_loss
                 if ptx_rows is not None:  # gamma * E[-log pi(x)] on pretraining text, same step
                     rows = ptx_rows[torch.randint(len(ptx_rows), (cfg.ptx_batch_size,), generator=g_cpu)].to(dev)
                     with run.autocast(dev):
@@ -272,9 +292,12 @@ def main(argv=None):
                    "vf_clipfrac": vf_cf, "explained_variance": explained, "length": r_mask.sum(1).mean().item(),
                    "no_eos": 1 - has_eos.float().mean().item(), "ratio": ratio, "pg_loss": pg_l,
                    "vf_loss": vf_l, "ptx_loss": ptx_l, "seconds": times[-1][0], "elapsed": timer.elapsed()}
-            for k in ("score", "entropy", "length"):
+            if gold_of:
+                row["gold"] = gold
+            for k in ("score", "entropy", "length", *(["gold"] if gold_of else [])):
                 row[k] = distributed.all_mean(d, row[k])
-            distributed.print0(d, f"iter {it}: score {row['score']:+.3f}, kl {row['kl']:.3f}, "
+            distributed.print0(d, f"iter {it}: score {row['score']:+.3f}, "
+                                  + (f"gold {row['gold']:+.3f}, " if gold_of else "") + f"kl {row['kl']:.3f}, "
                                   f"entropy {row['entropy']:.3f}, approx_kl {approx_kl:.4f}, "
                                   f"clipfrac {pg_cf:.3f}/{vf_cf:.3f}, ev {explained:.2f}, "
                                   f"len {row['length']:.1f}" + (f", ptx {ptx_l:.3f}" if ptx_rows is not None else "")
@@ -283,7 +306,7 @@ def main(argv=None):
                 run.log_metrics(cfg.out_dir, row)
         if cfg.sample_interval and it % cfg.sample_interval == 0 and d.is_main and not cfg.bench:
             for b in range(min(3, B)):
-                print(f"  [{scores[b].item():+.2f} kl {kl[b].item():.2f}] {tok.decode(batch[b])!r} -> "
+                print(f"  [{scores[b].item():+.2f} kl {kl[b].item():.2f}] {tok.decode(prompts[batch[b]])!r} -> "
                       f"{tok.decode_response(response[b].tolist())!r}", flush=True)
         if not cfg.bench and (it % cfg.save_interval == 0 or it == cfg.max_iters):
             save()

@@ -17,8 +17,9 @@ did before RL; the checkpoint's output is then the normalised reward.
 
 Evaluation: pairwise accuracy on the held-out comparisons, over all pairs. When the data
 are the world's, the held-out rankings are also compared with the other world labeler's:
-that agreement is the ceiling to read the accuracy against (the paper: about 72 %, with
-labelers agreeing on 72.6 %).
+that inter-labeler agreement is the yardstick the paper reads its accuracy against (about
+72 %, with labelers agreeing on 72.6 %). It is not a ceiling: a model of one labeler can
+agree with that labeler more often than a second, noisy labeler does.
 
     python -m nanoinstruct.collect --policy=out/sft --prompts=data/world/rm_prompts.jsonl \\
         --k=4 --out=data/world/comparisons.jsonl        # and rm_val_prompts -> comparisons_val
@@ -152,9 +153,9 @@ def main(argv=None):
         model.train()
         return total / len(demos)
 
-    # the ceiling: how often a second labeler orders the held-out pairs as their labels do
+    # the yardstick: how often a second labeler orders the held-out pairs as their labels do
     second = collect.second_labeler(val)
-    ceiling = collect.agreement(val, LABELERS[second])[0] if second else None
+    agreement = collect.agreement(val, LABELERS[second])[0] if second else None
     n_pairs = sum(len(c["responses"]) * (len(c["responses"]) - 1) // 2 for c in val)
 
     # ---- optimizer, resume -------------------------------------------------------------
@@ -225,13 +226,13 @@ def main(argv=None):
             model.head.bias -= before                 # now the demonstrations average 0
         after = demo_mean()
         val_loss, val_acc = evaluate(val)
-        final = {"iter": it, "val_loss": val_loss, "val_accuracy": val_acc, "labeler_agreement": ceiling,
+        final = {"iter": it, "val_loss": val_loss, "val_accuracy": val_acc, "labeler_agreement": agreement,
                  "demo_mean_before": before, "demo_mean": after}
         line = f"val accuracy {100 * val_acc:.1f}% on {n_pairs} held-out pairs"
         if second:
             relabeled = [{**c, "ranking": LABELERS[second].rank(c, c["responses"])} for c in val]
             final["val_accuracy_second_labeler"] = evaluate(relabeled)[1]
-            line += (f" (labeler agreement {100 * ceiling:.1f}%, the ceiling; against the {second} "
+            line += (f" (inter-labeler agreement {100 * agreement:.1f}%; against the {second} "
                      f"labeler {100 * final['val_accuracy_second_labeler']:.1f}%)")
         run.log_metrics(cfg.out_dir, final)
         print(f"normalised: demonstrations' mean reward {before:+.4f} -> {after:+.2e}", flush=True)

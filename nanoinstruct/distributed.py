@@ -63,6 +63,15 @@ def all_mean(d, x):
     return t.item() if t.ndim == 0 else t
 
 
+def all_sum(d, t):
+    """A tensor summed over ranks (a new tensor); itself in one process."""
+    if not d.ddp:
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t
+
+
 def average_gradients(d, params):
     """Average .grad over ranks, in one flat all-reduce. For a step whose loss goes through
     a model more than once before backward (PPO-ptx: the RL minibatch and a pretraining

@@ -70,18 +70,23 @@ def ranking_accuracy(rewards, valid=None):
     return (agree * real).sum().item(), real.sum().item()
 
 
-def masked_mean(x, mask):
-    """The mean of x over the entries where mask is 1; 0 when there are none."""
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+def masked_mean(x, mask, n=None):
+    """The mean of x over the entries where mask is 1 (the sum divided by n, default the
+    number of such entries); 0 when there are none."""
+    n = mask.sum() if n is None else torch.as_tensor(n, dtype=x.dtype, device=x.device)
+    return (x * mask).sum() / n.clamp(min=1)
 
 
-def whiten(x, mask, eps=1e-8):
+def whiten(x, mask, eps=1e-8, all_sum=None):
     """(x - mean) / std over the real entries (mask 1), as PPO does to advantages; the
-    padding comes back 0."""
+    padding comes back 0. all_sum sums a tensor over DDP ranks, so that the statistics
+    are those of every rank's entries (None: this process's alone)."""
+    all_sum = all_sum or (lambda t: t)
     mask = mask.float()
     x = torch.where(mask > 0, x, 0.0)
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    n = all_sum(mask.sum())
+    mean = all_sum(x.sum()) / n.clamp(min=1)
+    var = all_sum(((x - mean) ** 2 * mask).sum()) / n.clamp(min=1)
     return (x - mean) * torch.rsqrt(var + eps) * mask
 
 
@@ -93,10 +98,11 @@ def _real(mask, *xs):
     return [torch.where(keep, x, 0.0) for x in xs]
 
 
-def ppo_policy_loss(logp, old_logp, advantages, mask, clip):
+def ppo_policy_loss(logp, old_logp, advantages, mask, clip, n=None):
     """logp (B, T) under the policy being trained, old_logp (B, T) from the rollout,
     advantages (B, T), mask (B, T) 1 on real tokens, clip eps -> (loss, stats), the
-    clipped surrogate above, token-mean over real tokens.
+    clipped surrogate above, token-mean over real tokens (summed and divided by n, default
+    their count; under DDP the caller passes the global count / ranks).
 
     stats (detached scalars): clipfrac (tokens where the clipped term is the larger),
     approx_kl (k3 estimate of KL(old || new): ratio - 1 - log ratio, >= 0) and ratio (mean)."""
@@ -107,7 +113,7 @@ def ppo_policy_loss(logp, old_logp, advantages, mask, clip):
     advantages = advantages.detach()
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask, n)
     with torch.no_grad():
         stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask),
                  "approx_kl": masked_mean(ratio - 1 - log_ratio, mask),
@@ -115,10 +121,10 @@ def ppo_policy_loss(logp, old_logp, advantages, mask, clip):
     return loss, stats
 
 
-def ppo_value_loss(values, old_values, returns, mask, clip):
+def ppo_value_loss(values, old_values, returns, mask, clip, n=None):
     """values (B, T) from the value function being trained, old_values (B, T) from the
     rollout, returns (B, T) (GAE's targets), mask (B, T), clip eps_v -> (loss, stats):
-    the clipped squared error above, token-mean over real tokens.
+    the clipped squared error above, token-mean over real tokens (divided by n, as above).
 
     stats: clipfrac (tokens where the clipped error is the larger) and the mean error."""
     mask = mask.float()
@@ -127,7 +133,7 @@ def ppo_value_loss(values, old_values, returns, mask, clip):
     clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
     unclipped = (values - returns) ** 2
     clipped = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask, n)
     with torch.no_grad():
         stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask),
                  "error": masked_mean(values - returns, mask)}

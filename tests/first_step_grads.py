@@ -35,4 +35,19 @@ def capture(self, *args, **kwargs):
 
 
 torch.optim.AdamW.step = capture
+
+if os.environ.get("FIXED_ROLLOUTS"):  # PPO: rollouts that depend on the prompt alone
+    from nanoinstruct.data import right_pad
+    from nanoinstruct.model import GPT
+
+    def fixed_rollouts(self, prompt, prompt_mask, max_new_tokens, eos_id, pad_id, *args, **kwargs):
+        """Not the rank's sampling generator: the prompt's last n tokens reversed, then EOS,
+        with n = 1 + (sum of the prompt's ids) % (max_new_tokens - 1): ragged lengths."""
+        rows = []
+        for p, m in zip(prompt.tolist(), prompt_mask.tolist()):
+            real = [t for t, keep in zip(p, m) if keep]
+            rows.append(real[::-1][:1 + sum(real) % (max_new_tokens - 1)] + [eos_id])
+        ids, mask = right_pad(rows, pad_id)
+        return ids.to(prompt.device), mask.float().to(prompt.device)
+    GPT.generate = fixed_rollouts
 importlib.import_module(script).main(argv)

@@ -17,10 +17,11 @@ def kill_at_step(monkeypatch, n):
     return lambda: monkeypatch.setattr(torch.optim.AdamW, "step", step)
 
 
-def first_step_grads(script, out, flags, nproc=1, root=None):
+def first_step_grads(script, out, flags, nproc=1, fixed_rollouts=False):
     """Run script (train_sft, train_rm, train_ppo) with flags in one process or under torchrun
     with nproc gloo ranks -> (its first optimizer step's gradients {name: float64}, the
-    CompletedProcess). See tests/first_step_grads.py."""
+    CompletedProcess). fixed_rollouts: PPO's rollouts depend on the prompt alone. See
+    tests/first_step_grads.py."""
     import os
     import subprocess
     import sys
@@ -29,8 +30,8 @@ def first_step_grads(script, out, flags, nproc=1, root=None):
     here = os.path.dirname(os.path.abspath(__file__))
     launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     r = subprocess.run([sys.executable, *launcher, os.path.join(here, "first_step_grads.py"), str(out), script,
-                        *flags], cwd=root or os.path.dirname(here), capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+                        *flags], cwd=os.path.dirname(here), capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", **({"FIXED_ROLLOUTS": "1"} if fixed_rollouts else {})})
     assert r.returncode == 0, r.stderr[-3000:]
     return load_file(str(out)), r
 
