@@ -11,9 +11,10 @@ import torch
 from helpers import first_step_grads, kill_at_step, relative_error
 
 import train_ppo
-from nanoinstruct import checkpoint, data, losses
+from nanoinstruct import checkpoint, data, losses, run
 from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
-from nanoinstruct.world import build
+from nanoinstruct.tokenizer import get_tokenizer
+from nanoinstruct.world import LABELERS, build, gold_score
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = GPTConfig(n_layer=2, n_head=2, n_embd=64, vocab_size=320, block_size=96, n_real=257)  # bytes
@@ -166,6 +167,29 @@ def test_ddp_two_processes_equal_one_with_ragged_lengths(world, tmp_path):
                               flags(world, tmp_path / "two", *common, "--batch_size=4"), nproc=2, fixed_rollouts=True)
     assert relative_error(one, two) < 1e-5, relative_error(one, two)
     assert r.stdout.count("done:") == 1
+
+
+def test_gold_is_the_worlds_score_of_the_rollouts(world, tmp_path, monkeypatch):
+    """On world prompts PPO logs `gold`: the mean noise-free gold score, under the training
+    labeler's weights, of what was sampled. Here every rollout is the response "odd"."""
+    tok = get_tokenizer("bytes")
+
+    def says_odd(self, prompt, *a, **k):
+        ids = torch.tensor([tok.encode_response("odd")] * len(prompt))
+        return ids, torch.ones(ids.shape)
+    monkeypatch.setattr(GPT, "generate", says_odd)
+    train_ppo.main(flags(world, tmp_path / "g", "--max_iters=2", "--ppo_epochs=1"))
+    records = data.fit_prompts(data.read_prompts(str(world / "prompts.jsonl")), tok, 96 - 16, "")
+    at = run.epoch_sampler(range(len(records)), 1337)
+    w = LABELERS["train"].weights
+    for it, row in enumerate(metrics(tmp_path / "g")):
+        want = sum(gold_score(records[at(it * 8 + i)], "odd", w) for i in range(8)) / 8
+        assert row["gold"] == pytest.approx(want, abs=1e-12), (it, row["gold"], want)
+    assert len({r["gold"] for r in metrics(tmp_path / "g")}) == 2       # two batches, two golds
+    r = tmp_path / "plain.jsonl"                                       # prompts without world metadata
+    data.write_jsonl(str(r), [{"prompt": x["prompt"]} for x in records])
+    train_ppo.main(flags(world, tmp_path / "p", "--max_iters=1", "--ppo_epochs=1", f"--prompts={r}"))
+    assert "gold" not in metrics(tmp_path / "p")[0]
 
 
 def run_script(*args):
