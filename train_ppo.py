@@ -205,6 +205,7 @@ def main(argv=None):
 
     # ---- the loop ---------------------------------------------------------------------
     timer, times = run.Timer(), []
+    bar = run.progress(cfg.max_iters, it, "ppo", d.is_main)
     while it < cfg.max_iters:
         t_start = timer.elapsed()
         seed = cfg.seed + 1_000_003 * d.rank + it                 # a function of (rank, iteration)
@@ -275,6 +276,7 @@ def main(argv=None):
                                           vf["clipfrac"], pg["ratio"],
                                           ptx_loss.detach() if ptx_rows is not None else torch.zeros((), device=dev)]))
         it += 1
+        bar.update()
         # 7. the KL coefficient (LHP's adaptive controller)
         kl_mean = distributed.all_mean(d, kl.mean().item())
         if cfg.target_kl > 0:
@@ -306,10 +308,11 @@ def main(argv=None):
                 run.log_metrics(cfg.out_dir, row)
         if cfg.sample_interval and it % cfg.sample_interval == 0 and d.is_main and not cfg.bench:
             for b in range(min(3, B)):
-                print(f"  [{scores[b].item():+.2f} kl {kl[b].item():.2f}] {tok.decode(prompts[batch[b]])!r} -> "
-                      f"{tok.decode_response(response[b].tolist())!r}", flush=True)
+                distributed.print0(d, f"  [{scores[b].item():+.2f} kl {kl[b].item():.2f}] "
+                                      f"{tok.decode(prompts[batch[b]])!r} -> {tok.decode_response(response[b].tolist())!r}")
         if not cfg.bench and (it % cfg.save_interval == 0 or it == cfg.max_iters):
             save()
+    bar.close()
 
     if d.is_main and times:
         steady = times[1:] or times

@@ -180,6 +180,7 @@ def main(argv=None):
     # ---- the loop ----------------------------------------------------------------------
     timer, val_loss, val_acc = run.Timer(), float("nan"), float("nan")
     model.train()
+    bar = run.progress(max_iters, it, "reward model", d.is_main)
     while it < max_iters:
         lr = run.lr_at(it, cfg.lr, cfg.min_lr, cfg.warmup_iters, max_iters)
         for group in optimizer.param_groups:
@@ -204,6 +205,7 @@ def main(argv=None):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         it += 1
+        bar.update()
         if it % cfg.log_interval == 0 or it == max_iters:
             train_loss = distributed.all_mean(d, step_loss.item()) * W
             train_acc = distributed.all_mean(d, agree) / max(distributed.all_mean(d, pairs), 1)
@@ -215,9 +217,10 @@ def main(argv=None):
         if it % cfg.eval_interval == 0 and it < max_iters:
             if d.is_main:
                 val_loss, val_acc = evaluate(val)
-                print(f"iter {it}: val loss {val_loss:.4f}, val accuracy {val_acc:.3f}", flush=True)
+                distributed.print0(d, f"iter {it}: val loss {val_loss:.4f}, val accuracy {val_acc:.3f}")
                 run.log_metrics(cfg.out_dir, {"iter": it, "val_loss": val_loss, "val_accuracy": val_acc})
             save({"val_accuracy": val_acc, "normalized": False})
+    bar.close()
 
     # ---- normalise, evaluate, save --------------------------------------------------------
     if d.is_main:

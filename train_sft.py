@@ -150,6 +150,7 @@ def main(argv=None):
     timer, tokens, total_tokens, train_losses, val_loss = run.Timer(), 0, 0, [], None
     start_iter = it
     model.train()
+    bar = run.progress(cfg.max_iters, it, cfg.mode, d.is_main)
     while it < cfg.max_iters:
         lr = run.lr_at(it, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.max_iters)
         for group in optimizer.param_groups:
@@ -174,6 +175,7 @@ def main(argv=None):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         it += 1
+        bar.update()
         if it % cfg.log_interval == 0 or it == cfg.max_iters:
             train_losses.append(distributed.all_mean(d, step_loss.item()) * W)
             dt = timer.lap()
@@ -187,9 +189,10 @@ def main(argv=None):
         if it % cfg.eval_interval == 0 or it == cfg.max_iters:
             if d.is_main:
                 val_loss = evaluate()
-                print(f"iter {it}: val loss {val_loss:.4f}", flush=True)
+                distributed.print0(d, f"iter {it}: val loss {val_loss:.4f}")
                 run.log_metrics(cfg.out_dir, {"iter": it, "val_loss": val_loss})
             save(val_loss)
+    bar.close()
     if d.is_main and it > start_iter:
         tok_s = total_tokens * W / timer.elapsed()
         flops, peak = tok_s * run.train_flops_per_token(model, T), run.matmul_peak(d.device)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 
 @dataclass
@@ -48,9 +49,11 @@ def setup(device="auto"):
     return Dist(device="cuda" if use_cuda else "cpu")
 
 
-def print0(d, *args, **kwargs):
+def print0(d, *args, file=None, **kwargs):
+    """print on rank 0 alone, around any progress bar on the terminal (tqdm.write)."""
     if d.is_main:
-        print(*args, **kwargs, flush=True)
+        tqdm.write(" ".join(map(str, args)), file=file or sys.stdout, **kwargs)
+        (file or sys.stdout).flush()
 
 
 def all_mean(d, x):

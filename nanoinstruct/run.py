@@ -13,6 +13,7 @@ import os
 import time
 
 import torch
+from tqdm import tqdm
 
 from nanoinstruct import checkpoint
 from nanoinstruct.cli import UserError
@@ -164,6 +165,13 @@ def train_flops_per_token(model, T):
     """Forward + backward FLOPs per token: 6 per parameter plus attention (nanoGPT/PaLM)."""
     c = model.config
     return 6 * model.num_params() + 12 * c.n_layer * c.n_embd * T
+
+
+def progress(total, initial=0, desc=None, enabled=True):
+    """A tqdm progress bar with an ETA, drawn on a terminal only (disable=None), and by rank 0
+    alone. Log lines printed while it runs go through tqdm.write (distributed.print0)."""
+    return tqdm(total=total, initial=initial, desc=desc, disable=None if enabled else True,
+                dynamic_ncols=True, leave=False)
 
 
 class Timer:

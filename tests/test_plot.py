@@ -1,0 +1,25 @@
+"""nanoinstruct.plot: a run's metrics.jsonl drawn into curves.png."""
+
+import json
+
+import pytest
+
+from nanoinstruct import plot
+from nanoinstruct.cli import UserError
+
+
+def test_series_joins_val_skips_non_numbers_and_a_torn_line(tmp_path):
+    rows = [{"iter": 1, "loss": 3.0, "lr": 1e-3, "elapsed": 1.0}, {"iter": 2, "loss": 2.0, "lr": 5e-4},
+            {"iter": 2, "val_loss": 2.5, "note": "x", "ok": True, "bad": float("nan")}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"iter": 3, "lo')
+    got = plot.series(plot.read_metrics(tmp_path / "metrics.jsonl"))
+    assert got == {"loss": {"loss": ([1, 2], [3.0, 2.0]), "val_loss": ([2], [2.5])}, "lr": {"lr": ([1, 2], [1e-3, 5e-4])}}
+
+
+def test_curves_png_for_a_ppo_run_and_one_line_without_metrics(tmp_path):
+    rows = [{"iter": i, "score": 0.1 * i, "gold": 0.05 * i, "kl": 0.2 * i, "entropy": 2.0} for i in range(1, 6)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    png = plot.curves(str(tmp_path))
+    assert png and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(UserError, match="empty: no metrics.jsonl"):
+        plot.main([str(tmp_path / "empty")])
