@@ -99,6 +99,7 @@ class Config:
     seed: int = 1337
     device: str = "auto"
     threads: int = 0
+    gradient_checkpointing: bool = False  # recompute the policy's and value's activations in the backward
     bench: bool = False                   # time iterations on random tiny models and prompts; write nothing
 
 
@@ -154,6 +155,7 @@ def main(argv=None):
         m.to(dev)
     for m in (ref, reward):
         m.eval().requires_grad_(False)
+    policy.checkpointing = value.gpt.checkpointing = cfg.gradient_checkpointing   # the two trained
 
     ptx_rows = None
     if cfg.ptx_coef > 0:

@@ -67,6 +67,7 @@ class Config:
     seed: int = 1337
     device: str = "auto"
     threads: int = 0
+    gradient_checkpointing: bool = False     # recompute each block's activations in the backward: less memory
 
 
 def main(argv=None):
@@ -83,6 +84,7 @@ def main(argv=None):
     model, tok = run.init_scalar(ckpt if cfg.resume else cfg.init, cfg.tokenizer, cfg.dropout,
                                   cfg.block_size or None)
     model.to(d.device)
+    model.gpt.checkpointing = cfg.gradient_checkpointing
     T = model.config.block_size
     # The loss sees only reward differences. The head's bias, and the final LayerNorm's bias
     # (it reaches the reward only as head.weight . bias, the same for every sequence), shift

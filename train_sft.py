@@ -60,6 +60,7 @@ class Config:
     seed: int = 1337
     device: str = "auto"                     # auto | cpu | cuda
     threads: int = 0                         # torch CPU threads (0: torch's default)
+    gradient_checkpointing: bool = False     # recompute each block's activations in the backward: less memory
 
 
 def main(argv=None):
@@ -76,6 +77,7 @@ def main(argv=None):
     model, tok = run.init_gpt(ckpt if cfg.resume else cfg.init, cfg.tokenizer, cfg.dropout,
                               cfg.block_size or None)
     model.to(d.device)
+    model.checkpointing = cfg.gradient_checkpointing
     T = model.config.block_size
 
     # ---- data: a list of examples, each a (tokens, loss mask) pair ----------------------

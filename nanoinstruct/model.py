@@ -22,6 +22,8 @@ Added for RLHF:
   how much padding sits before it;
 - a KV cache and batched sampling (temperature, top-k, top-p, per-row stop at EOS,
   a response mask 1 up to and including EOS);
+- activation checkpointing (`model.checkpointing = True`): a block keeps only its input for
+  the backward and recomputes the rest, memory for about a third more compute;
 - `ScalarGPT`: the same trunk with a linear head to one scalar per position, for the
   reward model and the value function (InstructGPT: "the SFT model with the final
   unembedding layer removed"); the reward is read at the last real token.
@@ -35,6 +37,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from einops import rearrange
 from safetensors.torch import load_file, save_file
 
@@ -172,6 +175,7 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied embeddings
+        self.checkpointing = False  # activation checkpointing: per-block recompute in the backward
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2L)
             if name.endswith("c_proj.weight"):
@@ -209,7 +213,12 @@ class GPT(nn.Module):
             mask = attention_bias(attention_mask, T)                             # (B,1,T,S)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
-            x = block(x, mask, cache, i)
+            if self.checkpointing and cache is None and torch.is_grad_enabled():
+                # keep only the block's input (B, T, C); its insides are recomputed in the
+                # backward, with the same dropout masks (the RNG state is replayed)
+                x = torch.utils.checkpoint.checkpoint(block, x, mask, use_reentrant=False)
+            else:
+                x = block(x, mask, cache, i)
         if cache is not None:
             cache.pos += T
         return self.transformer.ln_f(x)

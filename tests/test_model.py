@@ -252,3 +252,25 @@ def test_block_size_enforced():
         m(torch.zeros(1, 65, dtype=torch.long))
     with pytest.raises(ValueError, match="block_size"):
         m.generate(torch.zeros(1, 60, dtype=torch.long), torch.ones(1, 60), 10, 1, 2)
+
+
+def test_activation_checkpointing_gives_equal_gradients():
+    """Recomputing each block in the backward (with dropout, left padding, both the LM and
+    the scalar head) gives exactly the gradients of the plain backward (float64 for the LM;
+    the scalar head computes in float32 by design)."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(n_layer=3, n_head=2, n_embd=32, vocab_size=80, block_size=32, dropout=0.2, n_real=70)
+    ids = torch.randint(0, 70, (3, 20))
+    mask = torch.ones(3, 20, dtype=torch.long)
+    mask[0, :7] = 0                                          # a left-padded row
+    for make in (GPT, ScalarGPT):
+        grads = []
+        for ckpt in (False, True):
+            torch.manual_seed(1)
+            m = (make(cfg).double() if make is GPT else make(cfg)).train()
+            (m if make is GPT else m.gpt).checkpointing = ckpt
+            torch.manual_seed(2)                             # the same dropout masks
+            out = m(ids, mask, targets=ids)[0] if make is GPT else m(ids, mask)
+            (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+            grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
+        assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0]), make

@@ -204,3 +204,12 @@ def test_bad_input_is_one_line(world, tmp_path):
                             ([f"--prompts={tmp_path / 'none.jsonl'}"], "none.jsonl: file not found")):
         r = run_script(*flags(world, tmp_path / "o", *extra))
         assert r.returncode == 2 and expected in r.stderr and "Traceback" not in r.stderr, (extra, r.stderr)
+
+
+def test_gradient_checkpointing_trains_the_same_weights(world, tmp_path):
+    for name, extra in (("a", []), ("b", ["--gradient_checkpointing"])):
+        train_ppo.main(flags(world, tmp_path / name, "--max_iters=1", "--ppo_epochs=2", *extra))
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    va, vb = (checkpoint.load_resume(str(tmp_path / n))["value"] for n in "ab")
+    assert all(torch.equal(va[k], vb[k]) for k in va)

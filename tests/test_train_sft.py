@@ -192,3 +192,12 @@ def test_gpt2_shaped_checkpoint_loss_equals_transformers(world, tmp_path):
     assert abs(val_loss - nll / count) < 1e-4, (val_loss, nll / count)
     cfg = json.load(open(tmp_path / "o" / "ckpt" / "config.json"))["model"]
     assert (cfg["vocab_size"], cfg["n_real"]) == (1024, V)
+
+
+def test_gradient_checkpointing_trains_the_same_weights(world, tmp_path):
+    args = ["--max_iters=2", "--eval_interval=2", "--dropout=0.1", "--warmup_iters=1"]
+    train_sft.main(flags(world, tmp_path / "a", *args, mode="sft"))
+    train_sft.main(flags(world, tmp_path / "b", *args, "--gradient_checkpointing", mode="sft"))
+    a = load_file(str(tmp_path / "a" / "ckpt" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "ckpt" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
