@@ -264,7 +264,7 @@ def check_demo(r):
         prompt, response = _split("messages", r["messages"])
     else:
         prompt = _prompt("prompt", r["prompt"])
-        response = _reply(keys[1], r[keys[1]], prompt)
+        response = r["response"] if keys[1] == "response" else _reply("completion", r["completion"], prompt)
     return _canonical(r, prompt=prompt, response=_string(keys[-1], response))
 
 
