@@ -1,48 +1,37 @@
 """The JSONL formats, their validation with `file:line: field: problem` errors, and batching.
 
 One JSON object per line; blank lines are skipped. Each reader takes the formats people
-already have and returns records in one canonical shape:
+already have and returns records in one canonical shape (P is the prompt, below):
 
     text            {"text": "Words that are fruits: apple, pear, plum."}
-    demonstrations  {"prompt": P, "response": "tac"}
-        from        {"prompt": P, "response": str}                  (canonical)
-                    {"prompt": P, "completion": str or [assistant message]}   (TRL prompt-completion)
-                    {"messages": [..., {"role": "assistant", "content": str}]} (chat: the last message is
-                                                                    the response, the ones before it the prompt)
-    comparisons     {"prompt": P, "responses": ["6", "5", "7"], "ranking": [1, 0, 2]}
-        from        the same (canonical, K-way)
-                    {"prompt": P, "chosen": str, "rejected": str}   (a pair; TRL's conversational pair has
-                                                                    [assistant message] for chosen and rejected)
-                    {"chosen": [...], "rejected": [...]}            (TRL implicit prompt: two conversations whose
-                                                                    shared start is the prompt)
-                    {"chosen": "\n\nHuman: ...\n\nAssistant: ...", "rejected": "..."}  (HH-RLHF raw)
-    prompts         {"prompt": P, "family": "parity", ...}: the prompt of any line above, or of
-                    {"messages": [...]} ending with the user's turn or the assistant's reply
+    demonstrations  {"prompt": P, "response": "tac"}, read from that, TRL's prompt/completion
+                    (completion a string or [assistant message]), or chat {"messages": [...]}
+                    whose last message is the assistant's response and the ones before it P
+    comparisons     {"prompt": P, "responses": ["6", "5", "7"], "ranking": [1, 0, 2]}, read from
+                    that, a pair {"prompt": P, "chosen": str, "rejected": str} (TRL's conversational
+                    pair: [assistant message] each), TRL's implicit-prompt pair (two conversations
+                    whose shared start is P), or HH-RLHF's raw
+                    {"chosen": "\n\nHuman: ...\n\nAssistant: ...", "rejected": "..."}
+    prompts         {"prompt": P, "family": "parity", ...}: a prompt-only line, or P of any line
+                    above, or of a chat ending with the user's turn or the assistant's
 
-P, the canonical prompt, is a string for a single user turn; a multi-turn dialogue (or one
-with a system message first) is a list of {"role": "system"|"user"|"assistant", "content": str}
-messages ending with the user's turn. tokenizer.format_prompt renders either, and
-`check_template` says, with file:line, which prompts a template cannot hold.
+P is a string for a single user turn; a multi-turn dialogue (or one with a system message
+first) is a list of {"role": "system"|"user"|"assistant", "content": str} ending with the
+user's turn. tokenizer.format_prompt writes either in a template; `check_template` names the
+lines a template cannot hold. A comparison ranks K >= 2 responses (K may vary by line; the
+paper's labelers ranked 4..9): `ranking` lists their indices best to worst, so a pair is
+responses [chosen, rejected], ranking [0, 1]. An HH-RLHF prompt is the dialogue before the
+last "\n\nAssistant:", which chosen and rejected must share, and the response is what follows
+less the space after the colon: under the dialogue template, format_prompt(P) + " " + response
+is the original text. Other responses are taken as they are. Keys that are no format's (the
+world puts its labelers' metadata there) are kept, in their order.
 
-A comparison holds K >= 2 responses (K may differ from line to line; the paper's labelers
-ranked K = 4..9) and `ranking`, the response indices from best to worst, so the responses
-best-first are `[r["responses"][i] for i in r["ranking"]]`. A pair is K = 2: responses
-[chosen, rejected], ranking [0, 1]. An HH-RLHF dialogue's prompt is everything before its
-last "\n\nAssistant:", which chosen and rejected must share, and the response what follows
-(less the one space after the colon), so that under the dialogue template
-format_prompt(prompt) + " " + response gives the original text back. Response strings are
-otherwise taken as they are (TRL's standard completions often begin with a space; the
-template writes its own).
-
-Keys that are no format's (the world puts its labelers' metadata there) are kept as they
-are, in their order. Reading checks every line and reports every bad one at once (a
-UserError listing `file:line: field: problem`); a line of no known format names the nearest
-one and what it lacks. Each record is a `Record`, a dict that also remembers its line number
-in `.line`, which the writers never see. Hostile input (nesting deeper than the parser goes,
-integers longer than Python reads, NaN or Infinity, a lone surrogate, a directory, a pipe, a
-file we may not read) is a file:line or path error too. Writing is atomic and deterministic:
-the same records give byte-identical files; `repair_tail` drops the torn last line that a
-killed append leaves.
+Reading checks every line and reports every bad one at once (one UserError listing
+`file:line: field: problem`); a line of no known format names the nearest and what it lacks.
+Hostile input (deep nesting, huge integers, NaN, a lone surrogate, a directory, a pipe, a
+file we may not read) is a file:line or path error too. Each record is a `Record`, a dict
+that remembers its line in `.line`. Writing is atomic and deterministic (the same records
+give byte-identical files); `repair_tail` drops the torn last line a killed append leaves.
 
 Batching and the position convention. A prompt+response batch is laid out as
 
@@ -74,6 +63,7 @@ from nanoinstruct.cli import UserError
 from nanoinstruct.tokenizer import format_prompt
 
 MAX_LISTED = 20  # bad lines listed in one error; the rest are counted
+MAX_DEPTH = 100  # nesting a line may have: deeper ones could not be written back (RecursionError)
 
 
 class Record(dict):
@@ -140,33 +130,31 @@ def _prompt(field, v):
     return m[0]["content"] if len(m) == 1 else m
 
 
-def _as_messages(prompt):
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+def _last_reply(field, v):
+    """A conversation ending with the assistant's reply -> (the messages before it, the reply)."""
+    m = _messages(field, v)
+    if m[-1]["role"] != "assistant":
+        raise Bad(field, f"the last message should be the assistant's reply, got the {m[-1]['role']}'s")
+    return m[:-1], m[-1]["content"]
 
 
 def _split(field, v):
     """A conversation ending with the assistant's reply -> (P, reply)."""
-    m = _messages(field, v)
-    if m[-1]["role"] != "assistant":
-        raise Bad(field, f"the last message should be the assistant's reply, got the {m[-1]['role']}'s")
-    if len(m) == 1:
+    before, reply = _last_reply(field, v)
+    if not before:
         raise Bad(field, "no user turn before the assistant's reply")
-    return _prompt(field, m[:-1]), m[-1]["content"]
+    return _prompt(field, before), reply
 
 
 def _reply(field, v, prompt):
-    """A response: a string, or TRL's [assistant message] (or the whole conversation, whose
+    """A response: a string, or TRL's [assistant message] (or a whole conversation, whose
     start must then be the prompt) -> the string."""
     if isinstance(v, str):
         return v
-    if not isinstance(v, list):
-        raise Bad(field, f"expected a string or a list of messages, got {_kind(v)}")
-    m = _messages(field, v)
-    if m[-1]["role"] != "assistant":
-        raise Bad(field, f"the last message should be the assistant's reply, got the {m[-1]['role']}'s")
-    if len(m) > 1 and m[:-1] != _as_messages(prompt):
+    before, reply = _last_reply(field, v)
+    if before and before != ([{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt):
         raise Bad(field, "the messages before the reply are not the prompt")
-    return m[-1]["content"]
+    return reply
 
 
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -252,7 +240,8 @@ def _canonical(r, **fields):
 
 def check_text(r):
     """{"text": str}"""
-    _string("text", r["text"]) if "text" in r else _match(r, [("text",)])
+    _match(r, [("text",)])
+    _string("text", r["text"])
     return r
 
 
@@ -325,12 +314,23 @@ def _finite(s):
     return x
 
 
+def _depth(obj):
+    deepest, todo = 0, [(obj, 1)]
+    while todo:
+        v, d = todo.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            todo += [(x, d + 1) for x in (v.values() if isinstance(v, dict) else v)]
+    return deepest
+
+
 def _parse(raw, first):
     """One line's bytes -> a JSON object, or Bad."""
     try:
         text = raw.rstrip(b"\r\n").decode("utf-8-sig" if first else "utf-8")
     except UnicodeDecodeError:
         raise Bad(None, "not UTF-8 text") from None
+    deep = Bad(None, f"not JSON we can read (nested deeper than {MAX_DEPTH} levels)")
     try:
         obj = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except json.JSONDecodeError as e:
@@ -339,8 +339,10 @@ def _parse(raw, first):
         limit = getattr(sys, "get_int_max_str_digits", lambda: 4300)()
         raise Bad(None, f"not JSON we can read (an integer of more than {limit} digits)") from None
     except RecursionError:
-        raise Bad(None, "not JSON we can read (nested deeper than the parser goes)") from None
-    if "\\u" in text:               # an escape may leave half a surrogate pair: not text
+        raise deep from None
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
+        raise deep
+    if "\\u" in text:              # an escape may leave half a surrogate pair: not text
         try:
             json.dumps(obj, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
@@ -484,23 +486,19 @@ def repair_tail(path):
     is not a complete JSON object, it is cut off (one line on stderr says so); if it is one
     (a file written by hand), it gets its newline, so that the next append starts a line.
     A missing or empty file, or one that ends with a newline, is left alone."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         return
     with open_file(path, "rb+") as f:
         end = f.seek(0, os.SEEK_END)
-        start = end                            # find where the last line starts
+        start = end                            # back to the byte after the last newline
         while start > 0:
             n = min(start, 1 << 16)
             f.seek(start - n)
-            block = f.read(n)
-            if start == end and block.endswith(b"\n"):
-                return
-            cut = block.rfind(b"\n")
+            cut = f.read(n).rfind(b"\n")
+            start -= n if cut < 0 else n - cut - 1
             if cut >= 0:
-                start -= n - cut - 1
                 break
-            start -= n
-        if end == 0:
+        if start == end:                       # empty, or ends with a newline
             return
         f.seek(start)
         tail = f.read()

@@ -185,7 +185,7 @@ def test_bad_file_exits_2_without_traceback(tmp_path):
     assert p.returncode == 2
     assert p.stderr.startswith(f"error: {path}: 3 bad lines;")
     assert f"{path}:2: no known format; nearest is prompt/response (missing: response)" in p.stderr.splitlines()
-    assert f"{path}:3: not JSON we can read (nested deeper than the parser goes)" in p.stderr.splitlines()
+    assert f"{path}:3: not JSON we can read (nested deeper than 100 levels)" in p.stderr.splitlines()
     assert "Traceback" not in p.stderr
 
 
@@ -193,7 +193,8 @@ def test_bad_file_exits_2_without_traceback(tmp_path):
 # hostile data: every case one line naming file:line or the path
 
 @pytest.mark.parametrize("line, msg", [
-    ("[" * 100_000, "not JSON we can read (nested deeper than the parser goes)"),
+    ("[" * 100_000, "not JSON we can read (nested deeper than 100 levels)"),
+    ('{"prompt": "p", "x": %s}' % ("[" * 100 + "]" * 100), "not JSON we can read (nested deeper than 100 levels)"),
     ('{"prompt": "p", "n": 1%s}' % ("0" * 5000), "not JSON we can read (an integer of more than 4300 digits)"),
     ('{"prompt": "p", "x": NaN}', "not JSON (NaN is not a JSON number)"),
     ('{"prompt": "p", "x": [-Infinity]}', "not JSON (-Infinity is not a JSON number)"),
@@ -209,6 +210,8 @@ def test_hostile_lines(tmp_path, line, msg):
     good = read_prompts(write_lines(tmp_path / "q.jsonl", ['{"prompt": "ok \\ud83d\\ude00", "x": 1.5e300}']))
     assert good == [{"prompt": "ok \U0001F600", "x": 1.5e300}]           # a surrogate pair is one character
     write_jsonl(str(tmp_path / "r.jsonl"), good)                          # and writes
+    deepest = '{"prompt": "p", "x": %s, "y": "[[[["}' % ("[" * 99 + "]" * 99)   # 100 levels: fine
+    assert len(str(read_prompts(write_lines(tmp_path / "s.jsonl", [deepest]))[0]["x"])) == 198
 
 
 def test_unreadable_paths(tmp_path, monkeypatch):
