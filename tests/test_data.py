@@ -247,7 +247,8 @@ def test_repair_tail(tmp_path, capsys):
     path = str(tmp_path / "c.jsonl")
     repair_tail(path)                                                     # missing: nothing to do
     first = {"prompt": "p", "responses": ["a", "b"], "ranking": [1, 0]}
-    append_jsonl(path, first)
+    for _ in range(3):
+        append_jsonl(path, first)
     whole = open(path, "rb").read()
     repair_tail(path)
     assert open(path, "rb").read() == whole and capsys.readouterr().err == ""
@@ -255,17 +256,17 @@ def test_repair_tail(tmp_path, capsys):
                  '{"prompt": "caf\u00e9'.encode()[:-1]]:              # longer than a block; cut mid-character
         with open(path, "ab") as f:
             f.write(torn)                                                 # a kill mid-append
-        with pytest.raises(UserError, match=r"c.jsonl:2: not"):
+        with pytest.raises(UserError, match=r"c.jsonl:4: not"):
             read_comparisons(path)
         repair_tail(path)
         assert open(path, "rb").read() == whole
-        assert capsys.readouterr().err == (f"{path}:2: dropped an incomplete last line ({len(torn)} bytes), "
+        assert capsys.readouterr().err == (f"{path}:4: dropped an incomplete last line ({len(torn)} bytes), "
                                            f"left by a write that was cut short\n")
     with open(path, "ab") as f:                                           # complete, only the newline missing
         f.write(b'{"prompt": "r", "chosen": "a", "rejected": "b"}')
     repair_tail(path)
     append_jsonl(path, first)
-    assert [r.line for r in read_comparisons(path)] == [1, 2, 3] and capsys.readouterr().err == ""
+    assert [r.line for r in read_comparisons(path)] == [1, 2, 3, 4, 5] and capsys.readouterr().err == ""
     with open(path, "wb") as f:                                           # a torn first line
         f.write(b'{"prompt": ')
     repair_tail(path)
