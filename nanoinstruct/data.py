@@ -219,8 +219,8 @@ def _match(r, formats):
     other = [_name(k) for k in r if k not in FORMAT_KEYS]
     if len(other) > 6:
         other = other[:5] + [f"... ({len(other) - 5} more)"]
-    raise Bad(None, f"no known format; nearest is {'/'.join(near)} (missing: {', '.join(missing)}"
-                    + (f"; unknown keys: {', '.join(other)})" if other else ")"))
+    raise Bad(", ".join(missing), f"missing (no known format; nearest is {'/'.join(near)}"
+                                  + (f"; unknown keys: {', '.join(other)})" if other else ")"))
 
 
 def _canonical(r, **fields):

@@ -121,16 +121,16 @@ def test_every_bad_line_reported_at_once(tmp_path):
     assert lines[1:] == [f"{path}:{n}: {msg}" for n, msg in [
         (2, "not JSON (Expecting ',' delimiter at column 59)"),
         (3, "expected a JSON object, got a list"),
-        (5, "no known format; nearest is prompt/responses/ranking (missing: prompt)"),
+        (5, "prompt: missing (no known format; nearest is prompt/responses/ranking)"),
         (6, "prompt: expected a string or a list of messages, got a number"),
         (7, "prompt: empty string"),
         (8, "responses: needs at least 2 responses to rank, got 1"),
         (9, "ranking: [0, 0, 2] is not a permutation of 0..2 (3 responses)"),
         (11, "responses[1]: expected a string, got null"),
         (12, "ranking: expected a list of integers, got [0, 1.0]"),
-        (13, "no known format; nearest is prompt/chosen/rejected (missing: rejected)"),
+        (13, "rejected: missing (no known format; nearest is prompt/chosen/rejected)"),
         (14, "responses: expected a list of strings, got a string"),
-        (15, "no known format; nearest is prompt/responses/ranking (missing: ranking)"),
+        (15, "ranking: missing (no known format; nearest is prompt/responses/ranking)"),
         (16, "ranking: [1, 2] is not a permutation of 0..1 (2 responses)"),
         (17, "not UTF-8 text"),
         (18, "ranking: expected a list of integers, got [true, false]"),
@@ -140,13 +140,13 @@ def test_every_bad_line_reported_at_once(tmp_path):
 @pytest.mark.parametrize("read, line, msg", [
     (read_text, '{"text": ""}', "text: empty string"),
     (read_text, '42', "expected a JSON object, got a number"),
-    (read_demos, '{"prompt": "p"}', "no known format; nearest is prompt/response (missing: response)"),
+    (read_demos, '{"prompt": "p"}', "response: missing (no known format; nearest is prompt/response)"),
     (read_demos, '{"prompt": "p", "response": ["r"]}', "response: expected a string, got a list"),
     (read_prompts, '{"prompt": null, "answer": 1}', "prompt: expected a string or a list of messages, got null"),
-    (read_prompts, '{"answer": 1}', "no known format; nearest is prompt (missing: prompt; unknown keys: answer)"),
+    (read_prompts, '{"answer": 1}', "prompt: missing (no known format; nearest is prompt; unknown keys: answer)"),
     (read_demos, '{"prompt": "p", "question": "q", "answer": "a"}',
-     "no known format; nearest is prompt/response (missing: response; unknown keys: question, answer)"),
-    (read_text, '{"txt": "a"}', "no known format; nearest is text (missing: text; unknown keys: txt)"),
+     "response: missing (no known format; nearest is prompt/response; unknown keys: question, answer)"),
+    (read_text, '{"txt": "a"}', "text: missing (no known format; nearest is text; unknown keys: txt)"),
 ])
 def test_bad_line_each_format(tmp_path, read, line, msg):
     path = write_lines(tmp_path / "x.jsonl", [line])
@@ -161,7 +161,7 @@ def test_listing_is_capped(tmp_path):
         read_demos(path)
     lines = str(e.value).splitlines()
     assert lines[0].startswith(f"{path}: 25 bad lines")
-    missing = "no known format; nearest is prompt/response (missing: response)"
+    missing = "response: missing (no known format; nearest is prompt/response)"
     assert lines[1] == f"{path}:1: {missing}" and lines[20] == f"{path}:20: {missing}"
     assert lines[21:] == ["... and 5 more"]
 
@@ -184,7 +184,7 @@ def test_bad_file_exits_2_without_traceback(tmp_path):
     p = subprocess.run([sys.executable, "-c", code, path], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.startswith(f"error: {path}: 3 bad lines;")
-    assert f"{path}:2: no known format; nearest is prompt/response (missing: response)" in p.stderr.splitlines()
+    assert f"{path}:2: response: missing (no known format; nearest is prompt/response)" in p.stderr.splitlines()
     assert f"{path}:3: not JSON we can read (nested deeper than 100 levels)" in p.stderr.splitlines()
     assert "Traceback" not in p.stderr
 

@@ -190,10 +190,10 @@ def test_check_template_names_each_multi_turn_line(tmp_path):
     (read_comparisons, {"chosen": HH_3["chosen"], "rejected": HH_3["rejected"].replace("May", "June")},
      f"rejected: chosen and rejected differ at character {TRIP.index('May')}, before their last "
      r'"\n\nAssistant:" (an HH-RLHF pair shares the dialogue up to it)'),
-    (read_comparisons, {"chosen": "x"}, "no known format; nearest is chosen/rejected (missing: rejected)"),
+    (read_comparisons, {"chosen": "x"}, "rejected: missing (no known format; nearest is chosen/rejected)"),
     (read_prompts, {"messages": [SYSTEM]}, "messages: the last message should be the user's, got the system's"),
     (read_prompts, {"question": SKY, "id": 3},
-     "no known format; nearest is prompt (missing: prompt; unknown keys: question, id)"),
+     "prompt: missing (no known format; nearest is prompt; unknown keys: question, id)"),
 ])
 def test_bad_lines_of_the_new_formats(tmp_path, read, line, msg):
     path = write(tmp_path / "x.jsonl", [{"prompt": "fine", "response": "r", "chosen": "a", "rejected": "b"}, line])
