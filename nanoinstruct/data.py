@@ -464,19 +464,24 @@ def write_jsonl(path, records):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):          # a full disk, no permission: path left as it was
+            raise UserError(f"{path}: cannot write ({e.strerror})") from None
         raise
 
 
 def append_jsonl(path, record):
     """Append one record and flush it to disk now (a labeling session killed loses nothing)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "a", encoding="utf-8", newline="\n") as f:
-        f.write(_dumps(record))
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "a", encoding="utf-8", newline="\n") as f:
+            f.write(_dumps(record))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:                    # a torn line left behind is dropped by repair_tail
+        raise UserError(f"{path}: cannot append ({e.strerror})") from None
 
 
 def repair_tail(path):

@@ -281,6 +281,18 @@ def test_write_is_atomic_and_append_syncs(tmp_path, monkeypatch):
         write_jsonl(path, [{"text": "new"}, {"text": object()}])
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["d.jsonl"]
 
+    def full(fd):
+        raise OSError(28, "No space left on device")
+    with monkeypatch.context() as m:                     # a full disk: one line, the file as it was
+        m.setattr(os, "fsync", full)
+        with pytest.raises(UserError, match=rf"^{path}: cannot write \(No space left on device\)$"):
+            write_jsonl(str(path), [{"text": "new"}])
+        with pytest.raises(UserError, match=rf"^{path}: cannot append \(No space left on device\)$"):
+            append_jsonl(str(path), {"text": "new"})
+    assert os.listdir(tmp_path) == ["d.jsonl"]
+    repair_tail(str(path))
+    assert path.read_bytes() == before + b'{"text": "new"}\n'  # the append got through before the sync
+
     synced, fsync = [], os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), fsync(fd)))
     labels = tmp_path / "labels" / "c.jsonl"
