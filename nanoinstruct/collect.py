@@ -11,10 +11,11 @@ a ranking such as `2 1 4 3` (best first), asking again on invalid input.
 Each ranking is appended to --out as soon as it is made (comparisons format, data.py), so
 Ctrl-C loses nothing, and a rerun with the same --out resumes after the prompts already
 there (a last line torn by a kill or a full disk is dropped first: data.repair_tail). The
-world labelers read each prompt's metadata; `world_fields` says which fields each family
-needs, and every record is checked before any sampling. With a world labeler, the agreement of the two world labelers on all pairs of the
-collected responses is reported at the end: the ceiling a reward model's accuracy should
-be read against (the paper: 72.6 % between training labelers).
+world labelers read each prompt's metadata: `world_fields` says which fields each family
+needs, and every record is checked before any sampling. With a world labeler, the
+agreement of the two world labelers on all pairs of the collected responses is reported at
+the end: the ceiling a reward model's accuracy should be read against (the paper: 72.6 %
+between training labelers).
 """
 
 import itertools
@@ -143,9 +144,8 @@ def main(argv=None):
     data.repair_tail(cfg.out)                  # a torn last line from a killed run
     done = data.read_comparisons(cfg.out) if os.path.exists(cfg.out) and os.path.getsize(cfg.out) else []
     second_labeler(done, cfg.out)              # checks the world's records already there
-    key = lambda c: json.dumps(c["prompt"])    # noqa: E731  (a prompt may be a list of messages)
-    seen = {key(c) for c in done}
-    todo = [p for p in prompts if key(p) not in seen]
+    seen = {json.dumps(c["prompt"]) for c in done}    # a prompt may be a list of messages
+    todo = [p for p in prompts if json.dumps(p["prompt"]) not in seen]
     if cfg.limit:
         todo = todo[:max(0, cfg.limit - len(done))]
     print(f"{cfg.out}: {len(done)} prompts already labeled, {len(todo)} to go", file=sys.stderr)

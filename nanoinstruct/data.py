@@ -224,7 +224,8 @@ def _match(r, formats):
 
 
 def _canonical(r, **fields):
-    """The record: `fields` in place of the format's keys, then r's other keys in their order."""
+    """r with its format's keys replaced by `fields` (where the first of them was), and its
+    other keys, the metadata, kept in their order."""
     out, pending = {}, dict(fields)
     for k, v in r.items():
         if k in pending:
