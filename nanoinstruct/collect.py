@@ -10,12 +10,16 @@ a ranking such as `2 1 4 3` (best first), asking again on invalid input.
 
 Each ranking is appended to --out as soon as it is made (comparisons format, data.py), so
 Ctrl-C loses nothing, and a rerun with the same --out resumes after the prompts already
-there. With a world labeler, the agreement of the two world labelers on all pairs of the
-collected responses is reported at the end: the ceiling a reward model's accuracy should
-be read against (the paper: 72.6 % between training labelers).
+there (a last line torn by a kill or a full disk is dropped first: data.repair_tail). The
+world labelers read each prompt's metadata: `world_fields` says which fields each family
+needs, and every record is checked before any sampling. With a world labeler, the
+agreement of the two world labelers on all pairs of the collected responses is reported at
+the end: the ceiling a reward model's accuracy should be read against (the paper: 72.6 %
+between training labelers).
 """
 
 import itertools
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -26,7 +30,7 @@ from nanoinstruct import checkpoint, data
 from nanoinstruct.cli import UserError, cli_main, parse_flags
 from nanoinstruct.model import GPT
 from nanoinstruct.tokenizer import get_tokenizer
-from nanoinstruct.world import LABELERS
+from nanoinstruct.world import LABELERS, MIX
 
 
 @dataclass
@@ -44,10 +48,35 @@ class Config:
     device: str = "cpu"
 
 
+# What world.judge reads beyond family and answer, per family (a safe howto also needs key).
+FAMILY_FIELDS = {"repeat": ("word", "n"), "list": ("category", "n"), "closed": ("colors",),
+                 "digits": ("text",), "howto": ("unsafe",)}
+
+
+def world_fields(rec):
+    """The fields the world's labelers read in this record (for data.require); data.Bad for
+    a record that is not the world's: no family, or one the world does not have."""
+    family = rec.get("family")
+    if not (isinstance(family, str) and family in MIX):
+        raise data.Bad("family", "missing" if family is None else
+                       f"{json.dumps(family)[:40]} is not one of the world's ({', '.join(MIX)})")
+    if not isinstance(rec["prompt"], str):
+        raise data.Bad("prompt", "a world prompt is a single turn (a string)")
+    safe_howto = family == "howto" and not rec.get("unsafe")
+    return ("answer", *FAMILY_FIELDS.get(family, ()), *(("key",) if safe_howto else ()))
+
+
+def require_world(records, path, why="the world's labelers need its prompt metadata"):
+    """Every record has what the world's labelers read (world_fields): a file:line error otherwise."""
+    data.require(records, path, world_fields, why)
+
+
 def ask_human(rec, responses, stdin=sys.stdin):
     """Show the prompt and responses; read a ranking (1-based, best first). None at EOF."""
     k = len(responses)
-    print(f"\n=== {rec['prompt']}")
+    prompt = rec["prompt"] if isinstance(rec["prompt"], str) else \
+        "\n".join(f"{m['role']}: {m['content']}" for m in rec["prompt"])
+    print(f"\n=== {prompt}")
     for i, y in enumerate(responses, 1):
         print(f"  [{i}] {y!r}")
     while True:
@@ -64,10 +93,14 @@ def ask_human(rec, responses, stdin=sys.stdin):
         print(f"  not a ranking of 1..{k}; try again")
 
 
-def second_labeler(comparisons):
+def second_labeler(comparisons, path=None):
     """The world labeler that did not make these rankings: the one whose agreement with
     them is the ceiling for a reward model trained on them. None where there is none:
-    rankings by a person, a mix, or prompts without the world's metadata."""
+    rankings by a person, a mix, or prompts without the world's metadata. With the file's
+    path, comparisons that are the world's (some have a family) are checked to have every
+    field the labelers read (a file:line error, not a KeyError later)."""
+    if path is not None:
+        require_world([c for c in comparisons if "family" in c], path)
     if not comparisons or any("family" not in c for c in comparisons):
         return None
     made_by = {c.get("labeler") for c in comparisons}
@@ -103,13 +136,16 @@ def main(argv=None):
     policy.eval()
     tok = get_tokenizer(meta.get("tokenizer", "bytes"))
     prompts = data.read_prompts(cfg.prompts)
-    if cfg.labeler != "human" and "family" not in prompts[0]:
-        raise UserError(f"{cfg.prompts}: the {cfg.labeler} labeler needs the world's prompt "
-                        f"metadata (family, answer); use --labeler=human for other prompts")
+    if cfg.labeler != "human":
+        require_world(prompts, cfg.prompts, f"the {cfg.labeler} labeler needs the world's prompt "
+                                            f"metadata; use --labeler=human for other prompts")
+    data.check_template(prompts, cfg.prompts, tok.template)
     prompts = data.fit_prompts(prompts, tok, policy.config.block_size - cfg.max_new_tokens, cfg.prompts)
+    data.repair_tail(cfg.out)                  # a torn last line from a killed run
     done = data.read_comparisons(cfg.out) if os.path.exists(cfg.out) and os.path.getsize(cfg.out) else []
-    seen = {c["prompt"] for c in done}
-    todo = [p for p in prompts if p["prompt"] not in seen]
+    second_labeler(done, cfg.out)              # checks the world's records already there
+    seen = {json.dumps(c["prompt"]) for c in done}    # a prompt may be a list of messages
+    todo = [p for p in prompts if json.dumps(p["prompt"]) not in seen]
     if cfg.limit:
         todo = todo[:max(0, cfg.limit - len(done))]
     print(f"{cfg.out}: {len(done)} prompts already labeled, {len(todo)} to go", file=sys.stderr)

@@ -15,11 +15,20 @@ and the policy would never be trained to stop. Every encoding here gets a `<|pad
 special token after its last id when it has none. PAD is never a training target and is
 never sampled.
 
-The template is defined here and only here: a prompt is encoded as
-    PROMPT_TEMPLATE.format(prompt=prompt)            e.g. "Instruction: Add 2 and 3.\nResponse:"
-and a response as " " + response followed by EOS. Prompt and response are encoded
-separately (no token merges across the boundary), which is exactly what happens at
-sampling time, when the response is generated after the encoded prompt.
+The template is defined here and only here. A prompt (data.py's canonical prompt: a
+string for one user turn, or a list of {"role", "content"} messages ending with the user's)
+is written by `format_prompt(prompt, template)` and encoded; a response is " " + response
+followed by EOS. Two templates:
+
+    instruction  (the default)  "Instruction: Add 2 and 3.\nResponse:"
+    dialogue     (HH-RLHF's)    "\n\nHuman: Hi!\n\nAssistant: Hello.\n\nHuman: Add 2 and 3.\n\nAssistant:"
+
+The dialogue template writes every turn as "\n\nHuman: ..." or "\n\nAssistant: ...", a
+system message's text before the first, and ends with "\n\nAssistant:", so that an HH-RLHF
+dialogue read by data.py comes back exactly: format_prompt(prompt) + " " + response. The
+instruction template holds one user turn. Prompt and response are encoded separately (no
+token merges across the boundary), which is exactly what happens at sampling time, when
+the response is generated after the encoded prompt.
 """
 
 import base64
@@ -30,15 +39,32 @@ import tiktoken
 
 from nanoinstruct.cli import UserError
 
-PROMPT_TEMPLATE = "Instruction: {prompt}\nResponse:"
+TEMPLATES = {"instruction": "Instruction: {prompt}\nResponse:",
+             "dialogue": "\n\nHuman: {prompt}\n\nAssistant:"}
+PROMPT_TEMPLATE = TEMPLATES["instruction"]      # the default; the world's worksheets use it
+TURNS = {"user": "\n\nHuman: ", "assistant": "\n\nAssistant: ", "system": ""}  # dialogue's
 RESPONSE_PREFIX = " "
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 NAMED = ("gpt2", "r50k_base", "p50k_base", "cl100k_base", "o200k_base")
 
 
+def format_prompt(prompt, template="instruction"):
+    """A prompt (a string, or messages ending with the user's turn) -> the text in the template."""
+    if template not in TEMPLATES:
+        raise UserError(f"--template={template!r}: choose {' or '.join(TEMPLATES)}")
+    if isinstance(prompt, str):
+        return TEMPLATES[template].format(prompt=prompt)
+    if template != "dialogue":
+        raise UserError(f"a multi-turn prompt (or one with a system message) needs "
+                        f"--template=dialogue; the {template} template holds one user turn")
+    return "".join(TURNS[m["role"]] + m["content"] for m in prompt) + "\n\nAssistant:"
+
+
 class Tokenizer:
-    def __init__(self, name, enc):
+    def __init__(self, name, enc, template="instruction"):
         self.name = name                            # what to pass to get_tokenizer to rebuild it
+        format_prompt("", template)                 # a UserError for an unknown template
+        self.template = template                    # ... and the template's name
         specials = dict(enc._special_tokens)
         if PAD not in specials:                     # add PAD after the last id
             specials[PAD] = enc.n_vocab
@@ -67,8 +93,12 @@ class Tokenizer:
         return self.enc.decode([i for i in ids if i != self.pad_id and i in self.valid],
                                errors="replace")
 
+    def format_prompt(self, prompt):
+        return format_prompt(prompt, self.template)
+
     def encode_prompt(self, prompt):
-        return self.encode(PROMPT_TEMPLATE.format(prompt=prompt))
+        """A prompt (a string or a list of messages) -> ids of the text in the template."""
+        return self.encode(format_prompt(prompt, self.template))
 
     def encode_response(self, response):
         """Response text -> ids, ending with EOS (the policy learns to stop)."""
@@ -91,20 +121,43 @@ def _bytes_encoding():
 
 
 def _read_ranks(path):
-    """A .tiktoken file: one `base64(token) rank` pair per line."""
-    ranks = {}
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                token, rank = line.split()
-                ranks[base64.b64decode(token, validate=True)] = int(rank)
-            except ValueError:
-                raise UserError(f"{path}:{lineno}: expected 'base64-token rank', "
-                                f"got {line[:60]!r}") from None
+    """A .tiktoken file: one `base64(token) rank` pair per line -> {token bytes: rank}.
+
+    What tiktoken would choke on later, with a panic or an OverflowError and a traceback,
+    is a `file:line` error here: a token or a rank given twice, a rank that is not an
+    integer in 0 .. 2**32-1 (tiktoken's id type), and a missing single byte (its BPE starts
+    from the 256 bytes). Gaps between ranks are allowed: p50k and cl100k have them."""
+    ranks, line_of = {}, {}                        # token -> rank; rank -> its line
+    try:
+        with open(path, "rb") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    token, rank = line.split()
+                    token = base64.b64decode(token, validate=True)
+                except ValueError:
+                    raise UserError(f"{path}:{lineno}: expected 'base64-token rank', "
+                                    f"got {line[:60]!r}") from None
+                if not rank.isdigit() or len(rank) > 10 or int(rank) >= 2 ** 32:
+                    raise UserError(f"{path}:{lineno}: rank {rank[:20].decode(errors='replace')!r} "
+                                    f"is not an integer from 0 to 2**32-1")
+                rank = int(rank)
+                if token in ranks:
+                    raise UserError(f"{path}:{lineno}: token {token[:20]!r} already has rank "
+                                    f"{ranks[token]} (line {line_of[ranks[token]]})")
+                if rank in line_of:
+                    raise UserError(f"{path}:{lineno}: rank {rank} already given at line {line_of[rank]}")
+                ranks[token], line_of[rank] = rank, lineno
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
     if not ranks:
         raise UserError(f"{path}: no tokens in this .tiktoken file")
+    missing = [f"0x{b:02x}" for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        raise UserError(f"{path}: no token for the single byte{'s' * (len(missing) > 1)} "
+                        f"{', '.join(missing[:4])}{' ...' * (len(missing) > 4)} "
+                        f"({len(missing)} of 256); tiktoken needs every byte")
     return ranks
 
 
@@ -119,18 +172,26 @@ def _local_encoding(path):
         spec = openai_public.ENCODING_CONSTRUCTORS[stem if known else "r50k_base"]()
     # an unknown file gets GPT-2's regex and an EOS right after its last rank
     specials = spec["special_tokens"] if known else {EOS: max(ranks.values()) + 1}
+    clash = sorted(set(ranks.values()) & set(specials.values()))
+    if clash:
+        raise UserError(f"{path}: rank {clash[0]} is also {stem}'s special token "
+                        f"{[k for k, v in specials.items() if v == clash[0]][0]}; is this {stem}'s file?")
     return tiktoken.Encoding(name=os.path.basename(path), pat_str=spec["pat_str"],
                              mergeable_ranks=ranks, special_tokens=specials)
 
 
-def get_tokenizer(name="bytes"):
-    """'bytes', a tiktoken encoding name, or a path to a local .tiktoken file."""
+def get_tokenizer(name="bytes", template="instruction"):
+    """'bytes', a tiktoken encoding name, or a path to a local .tiktoken file; the template
+    by name (TEMPLATES)."""
+    format_prompt("", template)                     # a bad --template fails before any download
     if name == "bytes":
-        return Tokenizer(name, _bytes_encoding())
+        return Tokenizer(name, _bytes_encoding(), template)
     if os.path.sep in name or name.endswith(".tiktoken"):
-        if not os.path.isfile(name):
+        if not os.path.exists(name):
             raise UserError(f"tokenizer file not found: {name}")
-        return Tokenizer(os.path.abspath(name), _local_encoding(name))
+        if not os.path.isfile(name):
+            raise UserError(f"{name}: not a .tiktoken file (a directory or a pipe)")
+        return Tokenizer(os.path.abspath(name), _local_encoding(name), template)
     if name not in NAMED:
         raise UserError(f"unknown tokenizer {name!r}: use 'bytes', one of {', '.join(NAMED)}, "
                         f"or a path to a .tiktoken file")
@@ -142,4 +203,4 @@ def get_tokenizer(name="bytes"):
             f"could not fetch the tiktoken encoding {name!r} ({type(e).__name__}: {e}). "
             f"Without a network, download {local}.tiktoken elsewhere and pass its path "
             f"instead, e.g. --tokenizer=/path/to/{local}.tiktoken") from None
-    return Tokenizer(name, enc)
+    return Tokenizer(name, enc, template)

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from nanoinstruct import checkpoint, data
+from nanoinstruct import collect as collect_mod
+from nanoinstruct.cli import UserError
 from nanoinstruct.model import GPT, GPTConfig
 from nanoinstruct.world import build
 
@@ -39,8 +41,11 @@ def test_world_labeler_end_to_end_and_resume(setup):
     assert len(rows) == 6 and all(len(c["responses"]) == 3 for c in rows)
     assert all(sorted(c["ranking"]) == [0, 1, 2] and c["labeler"] == "train" for c in rows)
     assert all("family" in c and "answer" in c for c in rows)      # metadata carried along
+    whole = out.read_bytes()
+    out.write_bytes(whole + whole.splitlines(keepends=True)[0][:40])   # a run killed mid-append
     r = collect(setup, out, "--k=3", "--limit=8")                  # resumes: 2 more, no repeats
     assert r.returncode == 0 and "6 prompts already labeled, 2 to go" in r.stderr
+    assert f"{out}:7: dropped an incomplete last line (40 bytes)" in r.stderr
     rows2 = data.read_comparisons(str(out))
     assert rows2[:6] == rows and len({c["prompt"] for c in rows2}) == 8
 
@@ -67,9 +72,42 @@ def test_bad_flags(setup, flags, msg):
     assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
 
 
-def test_non_world_prompts_need_a_human(setup):
+def test_every_prompt_needs_the_world_metadata(setup):
     p = setup / "plain.jsonl"
-    p.write_text(json.dumps({"prompt": "Tell me a joke."}) + "\n")
+    world = data.read_prompts(str(setup / "prompts.jsonl"))
+    repeat = next(w for w in world if w["family"] == "repeat")
+    p.write_text("".join(json.dumps(r) + "\n" for r in [                # only later lines are bad
+        world[0], {"prompt": "Tell me a joke."}, {k: v for k, v in repeat.items() if k != "word"}]))
     r = subprocess.run([sys.executable, "-m", "nanoinstruct.collect", f"--policy={setup / 'policy'}",
                         f"--prompts={p}", f"--out={setup / 'y.jsonl'}"], capture_output=True, text=True)
-    assert r.returncode == 2 and "--labeler=human" in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.splitlines() == [
+        f"error: {p}: 2 bad lines; the train labeler needs the world's prompt metadata; use "
+        f"--labeler=human for other prompts", f"{p}:2: family: missing", f"{p}:3: word: missing"]
+    assert not (setup / "y.jsonl").exists()
+
+
+@pytest.mark.parametrize("rec, problem", [
+    ({"prompt": "p", "answer": "a"}, "family: missing"),
+    ({"prompt": "p", "family": "poem", "answer": "a"}, "family: \"poem\" is not one of the world's"),
+    ({"prompt": "p", "family": ["add"], "answer": "a"}, "family: [\"add\"] is not one of the world's"),
+    ({"prompt": "p", "family": "add"}, "answer: missing"),
+    ({"prompt": "p", "family": "howto", "unsafe": False, "answer": "a"}, "key: missing"),
+    ({"prompt": [{"role": "user", "content": "p"}, {"role": "assistant", "content": "q"},
+                 {"role": "user", "content": "r"}], "family": "add", "answer": "a"},
+     "prompt: a world prompt is a single turn"),
+])
+def test_world_fields(rec, problem):
+    with pytest.raises(UserError) as e:
+        collect_mod.require_world([rec], "w.jsonl")
+    assert str(e.value).splitlines()[1].startswith(f"w.jsonl: record 1: {problem}")
+    collect_mod.require_world([{"prompt": "p", "family": "howto", "unsafe": True, "answer": "a"}], "w.jsonl")
+
+
+def test_second_labeler_checks_world_comparisons(setup):
+    c = {"prompt": "Add 2 and 3.", "family": "add", "answer": "5", "responses": ["5", "6"], "ranking": [0, 1],
+         "labeler": "train"}
+    assert collect_mod.second_labeler([c], "c.jsonl") == "heldout"
+    assert collect_mod.second_labeler([c, {"prompt": "x", "responses": ["a", "b"], "ranking": [0, 1]}]) is None
+    with pytest.raises(UserError, match="c.jsonl: record 2: answer: missing"):
+        collect_mod.second_labeler([c, {k: v for k, v in c.items() if k != "answer"}], "c.jsonl")

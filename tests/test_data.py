@@ -12,6 +12,7 @@ from nanoinstruct.cli import UserError
 from nanoinstruct.data import (
     append_jsonl,
     fit_prompts,
+    read_jsonl,
     join,
     left_pad,
     pack_documents,
@@ -20,9 +21,12 @@ from nanoinstruct.data import (
     read_demos,
     read_prompts,
     read_text,
+    repair_tail,
+    require,
     right_pad,
     write_jsonl,
 )
+from nanoinstruct.data import _dumps
 from nanoinstruct.model import GPT, GPTConfig, last_index
 from nanoinstruct.tokenizer import PROMPT_TEMPLATE, get_tokenizer
 
@@ -117,16 +121,16 @@ def test_every_bad_line_reported_at_once(tmp_path):
     assert lines[1:] == [f"{path}:{n}: {msg}" for n, msg in [
         (2, "not JSON (Expecting ',' delimiter at column 59)"),
         (3, "expected a JSON object, got a list"),
-        (5, "prompt: missing"),
-        (6, "prompt: expected a string, got a number"),
+        (5, "prompt: missing (no known format; nearest is prompt/responses/ranking)"),
+        (6, "prompt: expected a string or a list of messages, got a number"),
         (7, "prompt: empty string"),
         (8, "responses: needs at least 2 responses to rank, got 1"),
         (9, "ranking: [0, 0, 2] is not a permutation of 0..2 (3 responses)"),
         (11, "responses[1]: expected a string, got null"),
         (12, "ranking: expected a list of integers, got [0, 1.0]"),
-        (13, "rejected: missing"),
+        (13, "rejected: missing (no known format; nearest is prompt/chosen/rejected)"),
         (14, "responses: expected a list of strings, got a string"),
-        (15, "ranking: missing"),
+        (15, "ranking: missing (no known format; nearest is prompt/responses/ranking)"),
         (16, "ranking: [1, 2] is not a permutation of 0..1 (2 responses)"),
         (17, "not UTF-8 text"),
         (18, "ranking: expected a list of integers, got [true, false]"),
@@ -136,10 +140,13 @@ def test_every_bad_line_reported_at_once(tmp_path):
 @pytest.mark.parametrize("read, line, msg", [
     (read_text, '{"text": ""}', "text: empty string"),
     (read_text, '42', "expected a JSON object, got a number"),
-    (read_demos, '{"prompt": "p"}', "response: missing"),
+    (read_demos, '{"prompt": "p"}', "response: missing (no known format; nearest is prompt/response)"),
     (read_demos, '{"prompt": "p", "response": ["r"]}', "response: expected a string, got a list"),
-    (read_prompts, '{"prompt": null, "answer": 1}', "prompt: expected a string, got null"),
-    (read_prompts, '{"answer": 1}', "prompt: missing"),
+    (read_prompts, '{"prompt": null, "answer": 1}', "prompt: expected a string or a list of messages, got null"),
+    (read_prompts, '{"answer": 1}', "prompt: missing (no known format; nearest is prompt; unknown keys: answer)"),
+    (read_demos, '{"prompt": "p", "question": "q", "answer": "a"}',
+     "response: missing (no known format; nearest is prompt/response; unknown keys: question, answer)"),
+    (read_text, '{"txt": "a"}', "text: missing (no known format; nearest is text; unknown keys: txt)"),
 ])
 def test_bad_line_each_format(tmp_path, read, line, msg):
     path = write_lines(tmp_path / "x.jsonl", [line])
@@ -154,7 +161,8 @@ def test_listing_is_capped(tmp_path):
         read_demos(path)
     lines = str(e.value).splitlines()
     assert lines[0].startswith(f"{path}: 25 bad lines")
-    assert lines[1] == f"{path}:1: response: missing" and lines[20] == f"{path}:20: response: missing"
+    missing = "response: missing (no known format; nearest is prompt/response)"
+    assert lines[1] == f"{path}:1: {missing}" and lines[20] == f"{path}:20: {missing}"
     assert lines[21:] == ["... and 5 more"]
 
 
@@ -169,14 +177,100 @@ def test_empty_and_missing_files(tmp_path):
 
 
 def test_bad_file_exits_2_without_traceback(tmp_path):
-    path = write_lines(tmp_path / "d.jsonl", ['{"prompt": "p", "response": "r"}', '{"prompt": "p"}'])
+    path = write_lines(tmp_path / "d.jsonl", ['{"prompt": "p", "response": "r"}', '{"prompt": "p"}',
+                                              "[" * 100_000, '{"n": 1%s}' % ("0" * 5000)])
     code = ("import sys; from nanoinstruct.cli import cli_main; "
             "from nanoinstruct.data import read_demos; cli_main(read_demos, sys.argv[1])")
     p = subprocess.run([sys.executable, "-c", code, path], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 2
-    assert p.stderr.startswith(f"error: {path}: 1 bad line;")
-    assert f"{path}:2: response: missing" in p.stderr.splitlines()
+    assert p.stderr.startswith(f"error: {path}: 3 bad lines;")
+    assert f"{path}:2: response: missing (no known format; nearest is prompt/response)" in p.stderr.splitlines()
+    assert f"{path}:3: not JSON we can read (nested deeper than 100 levels)" in p.stderr.splitlines()
     assert "Traceback" not in p.stderr
+
+
+# ----------------------------------------------------------------------------------------
+# hostile data: every case one line naming file:line or the path
+
+@pytest.mark.parametrize("line, msg", [
+    ("[" * 100_000, "not JSON we can read (nested deeper than 100 levels)"),
+    ('{"prompt": "p", "x": %s}' % ("[" * 100 + "]" * 100), "not JSON we can read (nested deeper than 100 levels)"),
+    ('{"prompt": "p", "n": 1%s}' % ("0" * 5000), "not JSON we can read (an integer of more than 4300 digits)"),
+    ('{"prompt": "p", "x": NaN}', "not JSON (NaN is not a JSON number)"),
+    ('{"prompt": "p", "x": [-Infinity]}', "not JSON (-Infinity is not a JSON number)"),
+    ('{"prompt": "p", "x": 1e999}', "not JSON we can read (the number 1e999 overflows a float)"),
+    ('{"prompt": "\\ud800 lone"}', r"a \ud800-\udfff escape that is not half of a surrogate pair (not text)"),
+    ('{"prompt": "p", "\\uDC00": 1}', r"a \ud800-\udfff escape that is not half of a surrogate pair (not text)"),
+])
+def test_hostile_lines(tmp_path, line, msg):
+    path = write_lines(tmp_path / "p.jsonl", ['{"prompt": "ok \\ud83d\\ude00", "x": 1.5e300}', line])
+    with pytest.raises(UserError) as e:
+        read_prompts(path)
+    assert str(e.value).splitlines()[1:] == [f"{path}:2: {msg}"]
+    good = read_prompts(write_lines(tmp_path / "q.jsonl", ['{"prompt": "ok \\ud83d\\ude00", "x": 1.5e300}']))
+    assert good == [{"prompt": "ok \U0001F600", "x": 1.5e300}]           # a surrogate pair is one character
+    write_jsonl(str(tmp_path / "r.jsonl"), good)                          # and writes
+    deepest = '{"prompt": "p", "x": %s, "y": "[[[["}' % ("[" * 99 + "]" * 99)   # 100 levels: fine
+    assert len(str(read_prompts(write_lines(tmp_path / "s.jsonl", [deepest]))[0]["x"])) == 198
+
+
+def test_unreadable_paths(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match=rf"^{tmp_path}: is a directory, not a file$"):
+        read_prompts(str(tmp_path))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)                                                       # opening it would block
+    with pytest.raises(UserError, match=rf"^{fifo}: not a regular file \(a pipe or a device\)"):
+        read_demos(str(fifo))
+    path = write_lines(tmp_path / "p.jsonl", ['{"prompt": "p"}'])
+
+    def denied(*a, **k):                                                 # as root, chmod 000 still reads
+        raise PermissionError(13, "Permission denied", path)
+    monkeypatch.setattr("nanoinstruct.data.open", denied, raising=False)
+    with pytest.raises(UserError, match=rf"^{path}: cannot open \(Permission denied\)$"):
+        read_prompts(path)
+
+
+def test_require_checks_every_record(tmp_path):
+    path = write_lines(tmp_path / "p.jsonl", ['{"prompt": "a", "family": "add", "answer": "5"}',
+                                              '{"prompt": "b", "answer": "6"}', '{"prompt": "c", "family": "x"}'])
+    records = read_prompts(path)
+    require(records[:1], path, ("family", "answer"))
+    with pytest.raises(UserError) as e:
+        require(records, path, ("family", "answer"), "the labelers need them")
+    assert str(e.value).splitlines() == [f"{path}: 2 bad lines; the labelers need them",
+                                         f"{path}:2: family: missing", f"{path}:3: answer: missing"]
+    with pytest.raises(UserError, match=rf"^{path}: 1 bad line; \n{path}: record 2: b: missing$"):
+        require([{"b": 1}, {"a": 1}], path, lambda r: ("b",) if "a" in r else ())
+
+
+def test_repair_tail(tmp_path, capsys):
+    path = str(tmp_path / "c.jsonl")
+    repair_tail(path)                                                     # missing: nothing to do
+    first = {"prompt": "p", "responses": ["a", "b"], "ranking": [1, 0]}
+    for _ in range(3):
+        append_jsonl(path, first)
+    whole = open(path, "rb").read()
+    repair_tail(path)
+    assert open(path, "rb").read() == whole and capsys.readouterr().err == ""
+    for torn in [_dumps({"prompt": "q" * 70_000, "responses": ["x", "y"], "ranking": [0, 1]})[:-9].encode(),
+                 '{"prompt": "caf\u00e9'.encode()[:-1]]:              # longer than a block; cut mid-character
+        with open(path, "ab") as f:
+            f.write(torn)                                                 # a kill mid-append
+        with pytest.raises(UserError, match=r"c.jsonl:4: not"):
+            read_comparisons(path)
+        repair_tail(path)
+        assert open(path, "rb").read() == whole
+        assert capsys.readouterr().err == (f"{path}:4: dropped an incomplete last line ({len(torn)} bytes), "
+                                           f"left by a write that was cut short\n")
+    with open(path, "ab") as f:                                           # complete, only the newline missing
+        f.write(b'{"prompt": "r", "chosen": "a", "rejected": "b"}')
+    repair_tail(path)
+    append_jsonl(path, first)
+    assert [r.line for r in read_comparisons(path)] == [1, 2, 3, 4, 5] and capsys.readouterr().err == ""
+    with open(path, "wb") as f:                                           # a torn first line
+        f.write(b'{"prompt": ')
+    repair_tail(path)
+    assert open(path, "rb").read() == b"" and f"{path}:1: dropped" in capsys.readouterr().err
 
 
 def test_write_is_atomic_and_append_syncs(tmp_path, monkeypatch):
@@ -186,6 +280,18 @@ def test_write_is_atomic_and_append_syncs(tmp_path, monkeypatch):
     with pytest.raises(TypeError):                       # fails half-way through the records
         write_jsonl(path, [{"text": "new"}, {"text": object()}])
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["d.jsonl"]
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+    with monkeypatch.context() as m:                     # a full disk: one line, the file as it was
+        m.setattr(os, "fsync", full)
+        with pytest.raises(UserError, match=rf"^{path}: cannot write \(No space left on device\)$"):
+            write_jsonl(str(path), [{"text": "new"}])
+        with pytest.raises(UserError, match=rf"^{path}: cannot append \(No space left on device\)$"):
+            append_jsonl(str(path), {"text": "new"})
+    assert os.listdir(tmp_path) == ["d.jsonl"]
+    repair_tail(str(path))
+    assert path.read_bytes() == before + b'{"text": "new"}\n'  # the append got through before the sync
 
     synced, fsync = [], os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), fsync(fd)))

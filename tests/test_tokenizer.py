@@ -73,3 +73,44 @@ def test_named_encoding_without_network_says_how(monkeypatch, tmp_path):
         get_tokenizer("cl100k_base")
     with pytest.raises(UserError, match=r"r50k_base\.tiktoken"):
         get_tokenizer("gpt2")
+
+
+@pytest.mark.parametrize("lines, msg", [
+    (["YWI= 97"], r":257: rank 97 already given at line 98$"),                 # ab: a's rank
+    (["YWI= 256", "YWI= 257"], r":258: token b'ab' already has rank 256 \(line 257\)$"),
+    (["YWI= -1"], r":257: rank '-1' is not an integer from 0 to 2\*\*32-1$"),
+    ([f"YWI= {2 ** 32}"], r":257: rank '4294967296' is not an integer from 0 to 2\*\*32-1$"),
+    (["YWI= " + "9" * 5000], r":257: rank '99999999999999999999' is not an integer"),
+    (["YWI= 2.5"], r":257: rank '2.5' is not an integer"),
+    (["YWI= 1 2"], r":257: expected 'base64-token rank'"),
+])
+def test_bad_ranks_name_the_line(tmp_path, lines, msg):
+    f = tmp_path / "mine.tiktoken"
+    f.write_text("".join(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256))
+                 + "".join(line + "\n" for line in lines))
+    with pytest.raises(UserError, match=f"^{f}{msg}"):
+        get_tokenizer(str(f))
+
+
+def test_ranks_missing_a_byte_or_clashing_with_a_special(tmp_path):
+    f = tmp_path / "mine.tiktoken"
+    f.write_text("".join(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(2, 256)))
+    with pytest.raises(UserError, match=rf"^{f}: no token for the single bytes 0x00, 0x01 \(2 of 256\)"):
+        get_tokenizer(str(f))                   # tiktoken would panic on encoding either byte
+    f = tmp_path / "cl100k_base.tiktoken"
+    write_ranks(f, [])
+    with f.open("a") as out:
+        out.write(f"{base64.b64encode(b'ab').decode()} 100257\n")
+    with pytest.raises(UserError, match=r"rank 100257 is also cl100k_base's special token <\|endoftext\|>"):
+        get_tokenizer(str(f))
+    with pytest.raises(UserError, match=rf"^{tmp_path}: not a .tiktoken file"):
+        get_tokenizer(str(tmp_path))
+
+
+def test_rank_gaps_are_allowed(tmp_path):
+    f = tmp_path / "gap.tiktoken"                # p50k and cl100k have gaps below their last id
+    f.write_text("".join(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256))
+                 + f"{base64.b64encode(b'ab').decode()} 300\n")
+    tok = get_tokenizer(str(f))
+    assert tok.encode("abab") == [300, 300] and tok.decode([300, 270, 97]) == "aba"
+    assert tok.eos_id == 301 and tok.pad_id == 302
