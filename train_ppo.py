@@ -54,13 +54,14 @@ import kernels
 from nanoinstruct import checkpoint, data, distributed, losses, run, world
 from nanoinstruct.cli import UserError, cli_main, parse_flags
 from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
-from nanoinstruct.tokenizer import get_tokenizer
+from nanoinstruct.tokenizer import from_meta, get_tokenizer
 
 
 @dataclass
 class Config:
     init: str = "out/sft"                 # the policy starts here, and this (frozen) is the reference
     tokenizer: str = "bytes"              # for a preset or HF init; checkpoints carry theirs
+    template: str = ""                    # instruction | dialogue; "": the init's (the reward model's must match)
     reward: str = "out/rm"                # the reward model (train_rm.py's, normalised)
     value_init: str = ""                  # the value function starts here ("": the reward model)
     prompts: str = "data/world/ppo_prompts.jsonl"
@@ -129,16 +130,16 @@ def main(argv=None):
         prompts = torch.randint(0, 256, (1024, 16), generator=g).tolist()   # 16-token prompts
     else:
         ckpt = run.prepare_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite, d.is_main)
-        ref, tok = run.init_gpt(cfg.init, cfg.tokenizer, dropout=0.0)          # pi_SFT
+        ref, tok = run.init_gpt(cfg.init, cfg.tokenizer, 0.0, template=cfg.template)   # pi_SFT
         reward, meta = checkpoint.load(cfg.reward)
         if not isinstance(reward, ScalarGPT):
             raise UserError(f"--reward={cfg.reward}: a {meta['kind']} checkpoint, not a reward model")
         if not meta.get("normalized"):
             distributed.print0(d, f"warning: --reward={cfg.reward} was not normalised on demonstrations",
                                file=sys.stderr)
-        value, value_tok = run.init_scalar(cfg.value_init or cfg.reward, cfg.tokenizer, dropout=0.0)
+        value, value_tok = run.init_scalar(cfg.value_init or cfg.reward, cfg.tokenizer, 0.0, template=cfg.template)
         # one tokenizer for all four models, and room in every one's context for the rollouts
-        for flag, t in (("reward", get_tokenizer(meta.get("tokenizer", "bytes"))), ("value_init", value_tok)):
+        for flag, t in (("reward", from_meta(meta)), ("value_init", value_tok)):
             if t != tok:
                 raise UserError(f"--{flag}={getattr(cfg, flag) or cfg.reward}: its tokenizer ({t.name}) is not "
                                 f"the policy's ({tok.name}); policy, reference, reward model and value "
@@ -147,10 +148,11 @@ def main(argv=None):
         if block <= cfg.max_new_tokens:
             raise UserError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in a context "
                             f"of {block} tokens (the smallest block_size of policy, reward model and value)")
-        records = data.fit_prompts(data.read_prompts(cfg.prompts), tok, block - cfg.max_new_tokens, cfg.prompts)
+        records = data.check_template(data.read_prompts(cfg.prompts), cfg.prompts, tok.template)
+        records = data.fit_prompts(records, tok, block - cfg.max_new_tokens, cfg.prompts)
         prompts = [tok.encode_prompt(r["prompt"]) for r in records]
     # the policy starts as an exact copy of the reference (a resumed one from its checkpoint)
-    policy = run.init_gpt(ckpt, cfg.tokenizer, dropout=0.0)[0] if cfg.resume else copy.deepcopy(ref)
+    policy = run.init_gpt(ckpt, cfg.tokenizer, 0.0, template=cfg.template)[0] if cfg.resume else copy.deepcopy(ref)
     for m in (policy, ref, reward, value):
         m.to(dev)
     for m in (ref, reward):
@@ -201,7 +203,7 @@ def main(argv=None):
 
     def save():
         if d.is_main and not cfg.bench:
-            checkpoint.save(ckpt, policy, {"tokenizer": tok.name, "run": asdict(cfg), "iter": it, "kl_coef": kl_coef},
+            checkpoint.save(ckpt, policy, {**tok.meta(), "run": asdict(cfg), "iter": it, "kl_coef": kl_coef},
                             resume={"optimizer": optimizer.state_dict(), "iter": it, "kl_coef": kl_coef,
                                     "value": value.state_dict()})
 

@@ -48,6 +48,7 @@ class Config:
     out_dir: str = "out/rm"
     init: str = "out/sft"                    # the SFT model (or an RM checkpoint, a preset, an HF dir)
     tokenizer: str = "bytes"                 # for a preset or HF init; checkpoints carry theirs
+    template: str = ""                       # instruction | dialogue (HH-RLHF's); "": the init's, else instruction
     block_size: int = 0                      # preset init only: context length (0: the preset's)
     resume: bool = False
     overwrite: bool = False
@@ -82,7 +83,7 @@ def main(argv=None):
     # ---- model: the SFT trunk + a scalar head ------------------------------------------
     torch.manual_seed(cfg.seed)                                   # the fresh head's weights
     model, tok = run.init_scalar(ckpt if cfg.resume else cfg.init, cfg.tokenizer, cfg.dropout,
-                                  cfg.block_size or None)
+                                  cfg.block_size or None, cfg.template)
     model.to(d.device)
     model.gpt.checkpointing = cfg.gradient_checkpointing
     T = model.config.block_size
@@ -99,7 +100,7 @@ def main(argv=None):
         return all(p + len(tok.encode_response(y)) <= T for y in responses)
 
     def load(path):
-        rows = data.read_comparisons(path)
+        rows = data.check_template(data.read_comparisons(path), path, tok.template)
         kept = [c for c in rows if fits(c["prompt"], c["responses"])]
         if len(kept) < len(rows):
             distributed.print0(d, f"{path}: {len(rows) - len(kept)} of {len(rows)} comparisons longer "
@@ -109,7 +110,8 @@ def main(argv=None):
         return kept
 
     train, val = load(cfg.data), load(cfg.val_data)
-    demos = [r for r in data.read_demos(cfg.demos) if fits(r["prompt"], [r["response"]])]
+    demos = [r for r in data.check_template(data.read_demos(cfg.demos), cfg.demos, tok.template)
+             if fits(r["prompt"], [r["response"]])]
     if not demos:
         raise UserError(f"{cfg.demos}: no demonstration fits in block_size {T}")
     N = len(train)
@@ -176,7 +178,7 @@ def main(argv=None):
 
     def save(extra):
         if d.is_main:
-            checkpoint.save(ckpt, model, {"tokenizer": tok.name, "run": asdict(cfg), "iter": it, **extra},
+            checkpoint.save(ckpt, model, {**tok.meta(), "run": asdict(cfg), "iter": it, **extra},
                             resume={"optimizer": optimizer.state_dict(), "iter": it})
 
     # ---- the loop ----------------------------------------------------------------------
@@ -241,7 +243,7 @@ def main(argv=None):
                      f"labeler {100 * final['val_accuracy_second_labeler']:.1f}%)")
         run.log_metrics(cfg.out_dir, final)
         print(f"normalised: demonstrations' mean reward {before:+.4f} -> {after:+.2e}", flush=True)
-        checkpoint.save(ckpt, model, {"tokenizer": tok.name, "run": asdict(cfg), "normalized": True, **final},
+        checkpoint.save(ckpt, model, {**tok.meta(), "run": asdict(cfg), "normalized": True, **final},
                         resume={"optimizer": optimizer.state_dict(), "iter": it})
         print(f"done: reward model {it} steps, val loss {val_loss:.4f}, {line}, "
               f"{timer.elapsed():.0f}s -> {ckpt}", flush=True)

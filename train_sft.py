@@ -39,6 +39,7 @@ class Config:
     out_dir: str = "out/sft"
     init: str = "out/base"                   # a preset (tiny, gpt2, ...), a checkpoint, or an HF GPT-2 dir
     tokenizer: str = "bytes"                 # for a preset or HF init; checkpoints carry theirs
+    template: str = ""                       # instruction | dialogue (HH-RLHF's); "": the init's, else instruction
     block_size: int = 0                      # preset init only: context length (0: the preset's)
     resume: bool = False                     # continue out_dir's checkpoint
     overwrite: bool = False                  # start over in an out_dir that holds a checkpoint
@@ -75,7 +76,7 @@ def main(argv=None):
     # ---- model ------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)                                   # a preset's initial weights
     model, tok = run.init_gpt(ckpt if cfg.resume else cfg.init, cfg.tokenizer, cfg.dropout,
-                              cfg.block_size or None)
+                              cfg.block_size or None, cfg.template)
     model.to(d.device)
     model.checkpointing = cfg.gradient_checkpointing
     T = model.config.block_size
@@ -85,7 +86,7 @@ def main(argv=None):
         if cfg.mode == "pretrain":
             rows = data.pack_documents(tok, [r["text"] for r in data.read_text(path)], T)
             return [(row, torch.ones(T)) for row in rows]                     # (T+1,), (T,)
-        demos = data.read_demos(path)
+        demos = data.check_template(data.read_demos(path), path, tok.template)
         out = [ex for ex in (data.sft_example(tok, r["prompt"], r["response"]) for r in demos)
                if len(ex[1]) <= T]
         if len(out) < len(demos):
@@ -144,7 +145,7 @@ def main(argv=None):
 
     def save(val_loss):
         if d.is_main:
-            checkpoint.save(ckpt, model, {"tokenizer": tok.name, "run": asdict(cfg), "iter": it,
+            checkpoint.save(ckpt, model, {**tok.meta(), "run": asdict(cfg), "iter": it,
                                           "val_loss": val_loss},
                             resume={"optimizer": optimizer.state_dict(), "iter": it})
 

@@ -423,7 +423,7 @@ def require(records, path, fields, why=""):
     """Check every record, not only the first, for `fields`: a tuple of keys, or a function
     record -> keys (what a record needs may depend on it, as the world's families do), which
     may also raise Bad(field, problem). One UserError lists `file:line: field: problem` for
-    each record that fails, and says why the fields are needed."""
+    each record that fails, and says why the fields are needed. -> the records."""
     errors = []
     for i, r in enumerate(records):
         where = f"{path}:{r.line}" if getattr(r, "line", None) else f"{path}: record {i + 1}"
@@ -434,19 +434,20 @@ def require(records, path, fields, why=""):
             errors.append(f"{where}: {e.args[0]}: {e.args[1]}")
     if errors:
         raise _listing(path, errors, why)
+    return records
 
 
 def check_template(records, path, template):
     """Every record's prompt can be written in the template (tokenizer.format_prompt): a
     multi-turn prompt under the instruction template is a file:line error that says to pass
-    --template=dialogue. Call it after reading, once the template is known."""
+    --template=dialogue. Call it after reading, once the template is known. -> the records."""
     def fits(r):
         try:
             format_prompt(r["prompt"], template)
         except UserError as e:
             raise Bad("prompt", str(e)) from None
         return ()
-    require(records, path, fits, f"the {template} template cannot hold these prompts")
+    return require(records, path, fits, f"the {template} template cannot hold these prompts")
 
 
 def _dumps(record):

@@ -18,16 +18,17 @@ from tqdm import tqdm
 from nanoinstruct import checkpoint
 from nanoinstruct.cli import UserError
 from nanoinstruct.model import GPT, PRESETS, GPTConfig, ScalarGPT
-from nanoinstruct.tokenizer import get_tokenizer
+from nanoinstruct.tokenizer import from_meta, get_tokenizer
 
 
-def init_gpt(spec, tokenizer, dropout, block_size=None):
+def init_gpt(spec, tokenizer, dropout, block_size=None, template=""):
     """Where a GPT starts: a preset name, a nanoinstruct checkpoint (or out dir), or a
     Hugging Face GPT-2 directory. -> (model, tokenizer). A checkpoint keeps its own
     tokenizer; a preset or HF model uses `tokenizer` (the embedding is grown to hold PAD,
-    rounded up to a multiple of 64)."""
+    rounded up to a multiple of 64). The prompt template: `template` if given, else the
+    checkpoint's, else the instruction template."""
     if spec in PRESETS:
-        tok = get_tokenizer(tokenizer)
+        tok = get_tokenizer(tokenizer, template or "instruction")
         cfg = {**PRESETS[spec], **({"block_size": block_size} if block_size else {})}
         return GPT(GPTConfig(**cfg, vocab_size=64 * math.ceil(tok.n_vocab / 64), dropout=dropout,
                              n_real=tok.n_real)), tok
@@ -35,7 +36,7 @@ def init_gpt(spec, tokenizer, dropout, block_size=None):
         raise UserError(f"--init={spec}: not a preset ({', '.join(PRESETS)}) nor a directory")
     hf_config = os.path.join(spec, "config.json")
     if os.path.isfile(hf_config) and "model_type" in json.load(open(hf_config)):
-        tok = get_tokenizer(tokenizer)
+        tok = get_tokenizer(tokenizer, template or "instruction")
         n_real = json.load(open(hf_config)).get("vocab_size")
         if n_real != tok.n_real:
             hint = "; pass --tokenizer=gpt2 or the path of its .tiktoken ranks file" if tokenizer == "bytes" else ""
@@ -48,7 +49,7 @@ def init_gpt(spec, tokenizer, dropout, block_size=None):
         raise UserError(f"--init={spec}: a {meta['kind']} checkpoint, not a language model")
     fresh = GPT(dataclasses.replace(model.config, dropout=dropout))  # dropout: this run's
     fresh.load_state_dict(model.state_dict())
-    tok = get_tokenizer(meta.get("tokenizer", "bytes"))
+    tok = from_meta(meta, template)
     check_fit(fresh.config, tok, f"--init={spec}")
     return fresh, tok
 
@@ -61,7 +62,7 @@ def check_fit(config, tok, where):
                         f"rows); its tokenizer {tok.name} has {tok.n_real} (+ PAD): they do not fit")
 
 
-def init_scalar(spec, tokenizer, dropout, block_size=None):
+def init_scalar(spec, tokenizer, dropout, block_size=None, template=""):
     """Where a reward model or value function starts: a scalar checkpoint (an RM, to
     continue it or to start PPO's value function from), or anything init_gpt takes (the
     SFT model, for the RM: its trunk, a fresh scalar head in place of the unembedding)."""
@@ -73,10 +74,10 @@ def init_scalar(spec, tokenizer, dropout, block_size=None):
         model, meta = checkpoint.load(spec)
         fresh = ScalarGPT(dataclasses.replace(model.config, dropout=dropout))
         fresh.load_state_dict(model.state_dict())
-        tok = get_tokenizer(meta.get("tokenizer", "bytes"))
+        tok = from_meta(meta, template)
         check_fit(fresh.config, tok, spec)
         return fresh, tok
-    gpt, tok = init_gpt(spec, tokenizer, dropout, block_size)
+    gpt, tok = init_gpt(spec, tokenizer, dropout, block_size, template)
     return ScalarGPT.from_gpt(gpt), tok
 
 

@@ -81,9 +81,14 @@ class Tokenizer:
         assert self.eos_id != self.pad_id
 
     def __eq__(self, other):
-        """The same ids for the same text: same split regex, ranks and special tokens."""
-        return isinstance(other, Tokenizer) and (self.enc._pat_str, self.enc._special_tokens) == \
-            (other.enc._pat_str, other.enc._special_tokens) and self.enc._mergeable_ranks == other.enc._mergeable_ranks
+        """The same ids for the same prompt: same template, split regex, ranks and special tokens."""
+        return isinstance(other, Tokenizer) and (self.template, self.enc._pat_str, self.enc._special_tokens) == \
+            (other.template, other.enc._pat_str, other.enc._special_tokens) and \
+            self.enc._mergeable_ranks == other.enc._mergeable_ranks
+
+    def meta(self):
+        """What a checkpoint's config.json records to rebuild this tokenizer (from_meta)."""
+        return {"tokenizer": self.name, "template": self.template}
 
     def encode(self, text):
         """Plain text -> ids. Special-token strings in text are encoded as plain text."""
@@ -178,6 +183,12 @@ def _local_encoding(path):
                         f"{[k for k, v in specials.items() if v == clash[0]][0]}; is this {stem}'s file?")
     return tiktoken.Encoding(name=os.path.basename(path), pat_str=spec["pat_str"],
                              mergeable_ranks=ranks, special_tokens=specials)
+
+
+def from_meta(meta, template=""):
+    """The tokenizer a checkpoint was trained with, from its config.json (Tokenizer.meta);
+    a template given here replaces the checkpoint's."""
+    return get_tokenizer(meta.get("tokenizer", "bytes"), template or meta.get("template", "instruction"))
 
 
 def get_tokenizer(name="bytes", template="instruction"):
