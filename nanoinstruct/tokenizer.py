@@ -143,3 +143,26 @@ def get_tokenizer(name="bytes"):
             f"Without a network, download {local}.tiktoken elsewhere and pass its path "
             f"instead, e.g. --tokenizer=/path/to/{local}.tiktoken") from None
     return Tokenizer(name, enc)
+
+
+# ---------------------------------------------------------------------------------------
+# Tokenizers from in-memory ranks, and ranks back to a file (Hugging Face import,
+# checkpoints that carry their tokenizer)
+
+def from_ranks(name, ranks, eos_id):
+    """A GPT-2-style tokenizer (GPT-2's split regex) from {token bytes: rank} and EOS's id.
+    A byte-level vocabulary with no merges is the `bytes` encoding."""
+    if ranks == {bytes([i]): i for i in range(256)} and eos_id == 256:
+        return get_tokenizer("bytes")
+    from tiktoken_ext.openai_public import r50k_pat_str
+    enc = tiktoken.Encoding(name=os.path.basename(name), pat_str=r50k_pat_str,
+                            mergeable_ranks=ranks, special_tokens={EOS: eos_id})
+    return Tokenizer(name, enc)
+
+
+def write_ranks(tok, path):
+    """Write tok's ranks as a .tiktoken file (`base64(token) rank` per line, rank order):
+    the file get_tokenizer(path) reads back."""
+    ranks = sorted(tok.enc._mergeable_ranks.items(), key=lambda kv: kv[1])
+    with open(path, "w") as f:
+        f.writelines(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ranks)
