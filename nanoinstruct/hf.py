@@ -6,9 +6,10 @@
   a commit hash, and snapshots/<hash>/ the files. Nothing is downloaded at run time.
 - Tokenizer files. A GPT-2 directory's vocab.json + merges.txt (byte-level BPE) are tiktoken
   ranks in another dress: a token's id is its rank, its string spells its bytes through
-  GPT-2's byte -> printable-character table, and the i-th merge makes the token of rank
-  256 + i. Going back, each token's merge is recovered by running BPE on it with the lower
-  ranks only (tiktoken's educational module does the same).
+  GPT-2's byte -> printable-character table, and the merges come in the order of the ranks
+  of the tokens they make (HF applies merges in line order, tiktoken in rank order). Going
+  back, each token's merge is recovered by running BPE on it with the lower ranks only
+  (tiktoken's educational module does the same).
 - Export. The policy becomes a GPT2LMHeadModel directory that AutoModelForCausalLM,
   AutoTokenizer and pipeline("text-generation") load: vocab_size = the tokenizer's real ids
   (the embedding's padding rows and PAD are dropped, so no padding id can ever be
@@ -126,7 +127,8 @@ def recover_merges(ranks):
         if len(token) > 1:
             parts = bpe(ranks, token, rank)
             if len(parts) != 2:
-                raise ValueError(f"token {token!r} (rank {rank}) is not one merge of lower ranks")
+                raise UserError(f"token {token!r} (rank {rank}) is not one merge of lower-rank "
+                                f"tokens: these ranks have no equivalent merges.txt")
             merges.append(tuple(parts))
     return merges
 
