@@ -147,9 +147,7 @@ def save_tokenizer(tok, directory):
     file = base if base.endswith(".tiktoken") else f"{tok.name}.tiktoken" if tok.name in NAMED \
         else "gpt2.tiktoken"
     write_ranks(tok, os.path.join(directory, file))
-    back = get_tokenizer(os.path.join(directory, file)).enc
-    if (back._pat_str, back._special_tokens, back._mergeable_ranks) != \
-            (tok.enc._pat_str, tok.enc._special_tokens, tok.enc._mergeable_ranks):
+    if get_tokenizer(os.path.join(directory, file)) != tok:
         raise ValueError(f"tokenizer {tok.name}: {file} would not rebuild it")
     return file
 

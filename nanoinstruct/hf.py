@@ -323,12 +323,12 @@ def load(path, tokenizer="", dropout=0.0):
 
     The tokenizer is `tokenizer` (a --tokenizer value) if given, else the directory's
     vocab.json + merges.txt; with neither, or when they disagree with each other or with
-    the embedding's rows, a UserError says what to pass."""
+    the ids the model predicts (its config's vocab_size), a UserError says what to pass."""
     files = read_tokenizer(path)
     V = _read_json(os.path.join(path, "config.json")).get("vocab_size", 0)
     if tokenizer:
         tok = get_tokenizer(tokenizer)
-        if files is not None and files.enc._mergeable_ranks != tok.enc._mergeable_ranks:
+        if files is not None and files != tok:
             raise UserError(f"--tokenizer={tokenizer} differs from {path}'s vocab.json + "
                             f"merges.txt; leave out --tokenizer to use the directory's")
     elif files is not None:
@@ -338,9 +338,9 @@ def load(path, tokenizer="", dropout=0.0):
                         f"its embedding has {V} rows" + (" (GPT-2's BPE): pass --tokenizer=gpt2 or "
                         "a path to r50k_base.tiktoken" if V == 50257 else ": pass --tokenizer")
                         + ", or add the model's vocab.json + merges.txt to the directory")
-    if not tok.pad_id <= V <= padded_vocab(tok):
-        raise UserError(f"{path}: its embedding has {V} rows but tokenizer {tok.name} has "
-                        f"{tok.pad_id} ids: not this model's tokenizer; pass the one it was trained with")
+    if V != tok.n_real:
+        raise UserError(f"{path}: the model predicts {V} token ids and tokenizer {tok.name} has "
+                        f"{tok.n_real}: not this model's tokenizer; pass the one it was trained with")
     return read_gpt(path, dropout, padded_vocab(tok)), tok
 
 
@@ -381,16 +381,22 @@ def _write_json(directory, name, obj):
         json.dump(obj, f, indent=2)
 
 
+def _check_fit(config, tok):
+    if config.n_real != tok.n_real:
+        raise UserError(f"the model predicts {config.n_real} token ids and its tokenizer "
+                        f"{tok.name} has {tok.n_real}: they do not fit")
+    check_exportable(tok)
+
+
 def export_policy(gpt, path, tok=None, chat=None):
-    """Write a GPT2LMHeadModel directory. With tok: vocab_size = tok's real ids (PAD and the
-    embedding's padding rows dropped), EOS as bos/eos/generation pad, tokenizer files, and
-    `chat` (a chat template) in tokenizer_config.json. Without tok: every embedding row."""
+    """Write a GPT2LMHeadModel directory of the model's real ids: vocab_size = n_real (PAD
+    and the embedding's padding rows dropped). With tok: EOS as bos/eos/generation pad,
+    tokenizer files, and `chat` (a chat template) in tokenizer_config.json."""
     if not gpt.config.bias:
         raise ValueError("GPT-2 in transformers has biases; this model has bias=False")
     if tok is not None:
-        assert tok.pad_id == tok.n_vocab - 1, "PAD is the last id: the ids below it are real"
-        check_exportable(tok)
-    n_ids = gpt.config.vocab_size if tok is None else tok.pad_id
+        _check_fit(gpt.config, tok)
+    n_ids = gpt.config.n_real
     eos = None if tok is None else tok.eos_id
     with _new_dir(path) as tmp:
         save_file(_hf_weights(gpt, n_ids), os.path.join(tmp, "model.safetensors"),
@@ -407,9 +413,9 @@ def export_reward(rm, tok, path):
 
     Ours: r = w . h_last + b, h = ln_f(x) = g * xhat + beta. HF's `score` has no bias, so b
     goes into ln_f's bias: beta' = beta + b w / |w|^2 gives w . h' = w . h + b exactly (in
-    real arithmetic). The ids keep PAD (vocab_size = pad_id + 1), which is pad_token_id."""
-    assert tok.pad_id == tok.n_vocab - 1, "PAD is the last id: the ids below it are real"
-    check_exportable(tok)
+    real arithmetic). The ids keep PAD (vocab_size = n_real + 1; PAD is the id after the real
+    ones), which is pad_token_id."""
+    _check_fit(rm.config, tok)
     w, b = rm.head.weight.detach().double()[0], rm.head.bias.detach().double()[0]  # (C,), ()
     if w.norm() == 0 and b != 0:
         raise ValueError("the reward head's weight is zero: its bias cannot be folded")

@@ -13,7 +13,7 @@ from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
 from nanoinstruct.tokenizer import get_tokenizer
 
 transformers = pytest.importorskip("transformers")
-CFG = GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=320, block_size=64)
+CFG = GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=320, block_size=64, n_real=257)
 
 
 def test_export_policy_and_reward_model(tmp_path, capsys):
@@ -59,7 +59,7 @@ def test_export_refuses(tmp_path, capsys):
     ranks = tmp_path / "cl100k_base.tiktoken"
     ranks.write_text("".join(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256)))
     other = get_tokenizer(str(ranks))
-    checkpoint.save(str(tmp_path / "cl"), GPT(GPTConfig(1, 2, 32, other.n_vocab, 64)), {}, tokenizer=other)
+    checkpoint.save(str(tmp_path / "cl"), GPT(GPTConfig(1, 2, 32, other.n_vocab, 64, n_real=other.n_real)), {}, tokenizer=other)
     with pytest.raises(UserError, match="GPT-2's regex"):
         export.main([f"--ckpt={tmp_path / 'cl'}", f"--out={tmp_path / 'cl-hf'}"])
     assert not os.path.exists(tmp_path / "cl-hf")

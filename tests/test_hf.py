@@ -60,7 +60,7 @@ def randomise(model, std=0.3, seed=0):
 
 
 def tiny_gpt(tok, cls=GPT):
-    return randomise(cls(GPTConfig(2, 2, 32, hf.padded_vocab(tok), 64))).eval()
+    return randomise(cls(GPTConfig(2, 2, 32, hf.padded_vocab(tok), 64, n_real=tok.n_real))).eval()
 
 
 def hf_gpt2_dir(path, tok, vocab_size=None):
@@ -279,7 +279,7 @@ def test_load_hf_dir_errors(tok, tmp_path):
     bare = hf_gpt2_dir(tmp_path / "bare", None, vocab_size=50257)   # GPT-2's size, no tokenizer
     with pytest.raises(UserError, match=r"no tokenizer files .* 50257 rows .*--tokenizer=gpt2"):
         hf.load(bare)
-    with pytest.raises(UserError, match=r"50257 rows but tokenizer bytes has 257 ids"):
+    with pytest.raises(UserError, match=r"predicts 50257 token ids and tokenizer bytes has 257"):
         hf.load(bare, tokenizer="bytes")
     path = hf_gpt2_dir(tmp_path / "m", tok)
     with pytest.raises(UserError, match="--tokenizer=bytes differs from"):
