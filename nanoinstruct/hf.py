@@ -329,13 +329,13 @@ def load(path, tokenizer="", dropout=0.0):
     if tokenizer:
         tok = get_tokenizer(tokenizer)
         if files is not None and files != tok:
-            raise UserError(f"--tokenizer={tokenizer} differs from {path}'s vocab.json + "
-                            f"merges.txt; leave out --tokenizer to use the directory's")
+            raise UserError(f"--tokenizer={tokenizer} differs from {path}'s tokenizer files; "
+                            f"leave out --tokenizer to use the directory's")
     elif files is not None:
         tok = files
     else:
         raise UserError(f"{path}: no tokenizer files (vocab.json + merges.txt) and no --tokenizer; "
-                        f"its embedding has {V} rows" + (" (GPT-2's BPE): pass --tokenizer=gpt2 or "
+                        f"it predicts {V} token ids" + (" (GPT-2's BPE): pass --tokenizer=gpt2 or "
                         "a path to r50k_base.tiktoken" if V == 50257 else ": pass --tokenizer")
                         + ", or add the model's vocab.json + merges.txt to the directory")
     if V != tok.n_real:

@@ -277,7 +277,7 @@ def test_load_hf_dir_with_its_tokenizer(tok, tmp_path):
 
 def test_load_hf_dir_errors(tok, tmp_path):
     bare = hf_gpt2_dir(tmp_path / "bare", None, vocab_size=50257)   # GPT-2's size, no tokenizer
-    with pytest.raises(UserError, match=r"no tokenizer files .* 50257 rows .*--tokenizer=gpt2"):
+    with pytest.raises(UserError, match=r"no tokenizer files .* predicts 50257 token ids .*--tokenizer=gpt2"):
         hf.load(bare)
     with pytest.raises(UserError, match=r"predicts 50257 token ids and tokenizer bytes has 257"):
         hf.load(bare, tokenizer="bytes")
