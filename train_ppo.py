@@ -54,13 +54,13 @@ import kernels
 from nanoinstruct import checkpoint, data, distributed, losses, run, world
 from nanoinstruct.cli import UserError, cli_main, parse_flags
 from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
-from nanoinstruct.tokenizer import from_meta, get_tokenizer
+from nanoinstruct.tokenizer import get_tokenizer
 
 
 @dataclass
 class Config:
     init: str = "out/sft"                 # the policy starts here, and this (frozen) is the reference
-    tokenizer: str = "bytes"              # for a preset or HF init; checkpoints carry theirs
+    tokenizer: str = ""              # "": bytes for a preset, an HF dir's own files; checkpoints carry theirs
     template: str = ""                    # instruction | dialogue; "": the init's (the reward model's must match)
     reward: str = "out/rm"                # the reward model (train_rm.py's, normalised)
     value_init: str = ""                  # the value function starts here ("": the reward model)
@@ -139,7 +139,7 @@ def main(argv=None):
                                file=sys.stderr)
         value, value_tok = run.init_scalar(cfg.value_init or cfg.reward, cfg.tokenizer, 0.0, template=cfg.template)
         # one tokenizer for all four models, and room in every one's context for the rollouts
-        for flag, t in (("reward", from_meta(meta)), ("value_init", value_tok)):
+        for flag, t in (("reward", checkpoint.load_tokenizer(cfg.reward, meta)), ("value_init", value_tok)):
             if t != tok:
                 raise UserError(f"--{flag}={getattr(cfg, flag) or cfg.reward}: its tokenizer ({t.name}) is not "
                                 f"the policy's ({tok.name}); policy, reference, reward model and value "
@@ -203,9 +203,9 @@ def main(argv=None):
 
     def save():
         if d.is_main and not cfg.bench:
-            checkpoint.save(ckpt, policy, {**tok.meta(), "run": asdict(cfg), "iter": it, "kl_coef": kl_coef},
+            checkpoint.save(ckpt, policy, {"run": asdict(cfg), "iter": it, "kl_coef": kl_coef},
                             resume={"optimizer": optimizer.state_dict(), "iter": it, "kl_coef": kl_coef,
-                                    "value": value.state_dict()})
+                                    "value": value.state_dict()}, tokenizer=tok)
 
     # ---- the loop ---------------------------------------------------------------------
     timer, times = run.Timer(), []

@@ -47,7 +47,7 @@ class Config:
     demos: str = "data/world/sft.jsonl"      # demonstrations: the reward is shifted so they average 0
     out_dir: str = "out/rm"
     init: str = "out/sft"                    # the SFT model (or an RM checkpoint, a preset, an HF dir)
-    tokenizer: str = "bytes"                 # for a preset or HF init; checkpoints carry theirs
+    tokenizer: str = ""                 # "": bytes for a preset, an HF dir's own files; checkpoints carry theirs
     template: str = ""                       # instruction | dialogue (HH-RLHF's); "": the init's, else instruction
     block_size: int = 0                      # preset init only: context length (0: the preset's)
     resume: bool = False
@@ -178,8 +178,8 @@ def main(argv=None):
 
     def save(extra):
         if d.is_main:
-            checkpoint.save(ckpt, model, {**tok.meta(), "run": asdict(cfg), "iter": it, **extra},
-                            resume={"optimizer": optimizer.state_dict(), "iter": it})
+            checkpoint.save(ckpt, model, {"run": asdict(cfg), "iter": it, **extra},
+                            resume={"optimizer": optimizer.state_dict(), "iter": it}, tokenizer=tok)
 
     # ---- the loop ----------------------------------------------------------------------
     timer, val_loss, val_acc = run.Timer(), float("nan"), float("nan")
@@ -243,8 +243,8 @@ def main(argv=None):
                      f"labeler {100 * final['val_accuracy_second_labeler']:.1f}%)")
         run.log_metrics(cfg.out_dir, final)
         print(f"normalised: demonstrations' mean reward {before:+.4f} -> {after:+.2e}", flush=True)
-        checkpoint.save(ckpt, model, {**tok.meta(), "run": asdict(cfg), "normalized": True, **final},
-                        resume={"optimizer": optimizer.state_dict(), "iter": it})
+        checkpoint.save(ckpt, model, {"run": asdict(cfg), "normalized": True, **final},
+                        resume={"optimizer": optimizer.state_dict(), "iter": it}, tokenizer=tok)
         print(f"done: reward model {it} steps, val loss {val_loss:.4f}, {line}, "
               f"{timer.elapsed():.0f}s -> {ckpt}", flush=True)
     distributed.finish(d)

@@ -38,7 +38,7 @@ class Config:
     val_data: str = "data/world/sft_val.jsonl"
     out_dir: str = "out/sft"
     init: str = "out/base"                   # a preset (tiny, gpt2, ...), a checkpoint, or an HF GPT-2 dir
-    tokenizer: str = "bytes"                 # for a preset or HF init; checkpoints carry theirs
+    tokenizer: str = ""                 # "": bytes for a preset, an HF dir's own files; checkpoints carry theirs
     template: str = ""                       # instruction | dialogue (HH-RLHF's); "": the init's, else instruction
     block_size: int = 0                      # preset init only: context length (0: the preset's)
     resume: bool = False                     # continue out_dir's checkpoint
@@ -145,9 +145,8 @@ def main(argv=None):
 
     def save(val_loss):
         if d.is_main:
-            checkpoint.save(ckpt, model, {**tok.meta(), "run": asdict(cfg), "iter": it,
-                                          "val_loss": val_loss},
-                            resume={"optimizer": optimizer.state_dict(), "iter": it})
+            checkpoint.save(ckpt, model, {"run": asdict(cfg), "iter": it, "val_loss": val_loss},
+                            resume={"optimizer": optimizer.state_dict(), "iter": it}, tokenizer=tok)
 
     # ---- the loop ---------------------------------------------------------------------
     timer, tokens, total_tokens, train_losses, val_loss = run.Timer(), 0, 0, [], None

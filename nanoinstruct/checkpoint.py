@@ -4,6 +4,9 @@
       model.safetensors   the weights (the tied embedding stored once)
       config.json         {"kind": "gpt" | "scalar", "model": GPTConfig, "tokenizer": name,
                            "run": the stage's full run config, ...anything else the stage adds}
+      NAME.tiktoken       the tokenizer's ranks, when it is not `bytes`; config's "tokenizer"
+                          is then this file's name, read relative to CKPT, so a checkpoint
+                          moved to another machine (or one with no network) still loads it
       resume.pt           optional: optimizer state, RNG states, step, data position.
                           Tensors, numbers, strings, lists, tuples and dicts only: it is read
                           with torch.load(weights_only=True), which refuses anything else.
@@ -26,6 +29,7 @@ from safetensors.torch import load_model, save_model
 
 from nanoinstruct.cli import UserError
 from nanoinstruct.model import GPT, ScalarGPT, config_from_dict
+from nanoinstruct.tokenizer import NAMED, get_tokenizer, write_ranks
 
 KINDS = {"gpt": GPT, "scalar": ScalarGPT}
 CKPT = "ckpt"  # a stage's checkpoint directory inside its out dir
@@ -83,13 +87,17 @@ def atomic_dir(path):
         raise
 
 
-def save(path, model, config, resume=None):
-    """Write model + config (a JSON-able dict; "kind" and "model" are filled in) + resume."""
+def save(path, model, config, resume=None, tokenizer=None):
+    """Write model + config (a JSON-able dict; "kind" and "model" are filled in) + resume.
+    With tokenizer, its ranks file goes into the checkpoint and config["tokenizer"] names it."""
     model = getattr(model, "module", model)         # unwrap DDP
     model = getattr(model, "_orig_mod", model)      # and torch.compile
     kind = {cls: k for k, cls in KINDS.items()}[type(model)]
     config = {**config, "kind": kind, "model": vars(model.config).copy()}
     with atomic_dir(path) as tmp:
+        if tokenizer is not None:
+            config["tokenizer"] = save_tokenizer(tokenizer, tmp)
+            config["template"] = tokenizer.template
         save_model(model, os.path.join(tmp, "model.safetensors"))
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
@@ -125,6 +133,38 @@ def load(path, device="cpu"):
     except Exception as e:  # wrong shapes or names: a different model than config.json says
         raise UserError(f"{file}: does not match its config.json ({str(e).splitlines()[0]})") from None
     return model.to(device), config
+
+
+def save_tokenizer(tok, directory):
+    """Write tok's ranks into directory -> the name that load_tokenizer reads back.
+
+    The file's stem picks the split regex and special tokens when it is read back
+    (tokenizer._local_encoding), so it is named after the encoding: `cl100k_base.tiktoken`,
+    a local file's own name, and `gpt2.tiktoken` for a vocabulary read from a Hugging Face
+    directory (GPT-2's regex, EOS after the last rank)."""
+    if tok.name == "bytes":
+        return "bytes"
+    base = os.path.basename(tok.name)
+    file = base if base.endswith(".tiktoken") else f"{tok.name}.tiktoken" if tok.name in NAMED \
+        else "gpt2.tiktoken"
+    write_ranks(tok, os.path.join(directory, file))
+    if get_tokenizer(os.path.join(directory, file), tok.template) != tok:
+        raise ValueError(f"tokenizer {tok.name}: {file} would not rebuild it")
+    return file
+
+
+def load_tokenizer(path, config, template=""):
+    """The tokenizer of the checkpoint at path whose config.json is config: a ranks file
+    inside it, `bytes`, or (older checkpoints) a named encoding or an absolute path; with its
+    prompt template, unless `template` replaces it."""
+    name = config.get("tokenizer", "bytes")
+    template = template or config.get("template", "instruction")
+    if name.endswith(".tiktoken") and not os.path.isabs(name):
+        file = os.path.join(_readable(path), name)
+        if not os.path.isfile(file):
+            raise UserError(f"{file}: missing; the checkpoint's config.json names it as its tokenizer")
+        return get_tokenizer(file, template)
+    return get_tokenizer(name, template)
 
 
 def load_resume(path):

@@ -29,7 +29,6 @@ import torch
 from nanoinstruct import checkpoint, data
 from nanoinstruct.cli import UserError, cli_main, parse_flags
 from nanoinstruct.model import GPT
-from nanoinstruct.tokenizer import from_meta
 from nanoinstruct.world import LABELERS, MIX
 
 
@@ -134,7 +133,7 @@ def main(argv=None):
     if not isinstance(policy, GPT):
         raise UserError(f"--policy={cfg.policy}: a {meta['kind']} checkpoint cannot generate")
     policy.eval()
-    tok = from_meta(meta)
+    tok = checkpoint.load_tokenizer(cfg.policy, meta)
     prompts = data.read_prompts(cfg.prompts)
     if cfg.labeler != "human":
         require_world(prompts, cfg.prompts, f"the {cfg.labeler} labeler needs the world's prompt "

@@ -63,7 +63,7 @@ from nanoinstruct import checkpoint, collect, data, losses
 from nanoinstruct.cli import UserError, cli_main, parse_flags
 from nanoinstruct.model import GPT
 from nanoinstruct.report import aggregate, markdown, write_report
-from nanoinstruct.tokenizer import PROMPT_TEMPLATE, from_meta
+from nanoinstruct.tokenizer import PROMPT_TEMPLATE
 from nanoinstruct.world import LABELERS, gold_score, judge
 
 
@@ -313,7 +313,7 @@ def main(argv=None):
             if not isinstance(model, GPT):
                 raise UserError(f"--policies: {name}={path} is a {meta['kind']} checkpoint, not a language model")
             model.eval()
-            tok = from_meta(meta)
+            tok = checkpoint.load_tokenizer(path, meta)
             loaded[path] = (model, tok, pretrain_loss(model, tok, held, cfg.heldout_tokens, cfg.device))
         model, tok, ploss = loaded[path]
         fitting = data.fit_prompts(prompts, tok, model.config.block_size - cfg.max_new_tokens
@@ -345,7 +345,7 @@ def main(argv=None):
                                              for j in judges} for a, b in versus}
     if cfg.reward:
         second = collect.second_labeler(comps)
-        scores = reward_scores(rm.eval(), from_meta(meta), comps, cfg.device)
+        scores = reward_scores(rm.eval(), checkpoint.load_tokenizer(cfg.reward, meta), comps, cfg.device)
         right, n_right = correctness_accuracy(scores, comps)
         report["reward_model"] = {
             "accuracy": reward_accuracy(scores),

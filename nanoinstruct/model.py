@@ -29,9 +29,7 @@ Added for RLHF:
   unembedding layer removed"); the reward is read at the last real token.
 """
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -39,10 +37,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from einops import rearrange
-from safetensors.torch import load_file, save_file
 
 import kernels
-from nanoinstruct.cli import UserError
 
 
 @dataclass
@@ -64,14 +60,15 @@ class GPTConfig:
 
 # Size presets (vocab_size comes from the tokenizer). "tiny" is the embedded default's
 # byte-level model, about 0.8M parameters; "small" (1.8M) is `make paper`'s larger SFT model;
-# the gpt2* ones are GPT-2's published sizes.
+# the gpt2*-random ones are GPT-2's published sizes, randomly initialised (the names gpt2,
+# gpt2-medium, ... mean the released weights: hf.resolve_init).
 PRESETS = {
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=256),
     "small": dict(n_layer=4, n_head=6, n_embd=192, block_size=256),
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024),
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024),
+    "gpt2-random": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+    "gpt2-medium-random": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),
+    "gpt2-large-random": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024),
+    "gpt2-xl-random": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024),
 }
 
 
@@ -288,9 +285,7 @@ class GPT(nn.Module):
         return out, (~after_eos).float()
 
     # ----------------------------------------------------------------------------------
-    # Hugging Face GPT-2 checkpoints
-
-    TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    # Hugging Face GPT-2 checkpoints (nanoinstruct/hf.py does the work)
 
     @classmethod
     def from_hf(cls, path, dropout=0.0, vocab_size=None):
@@ -298,64 +293,16 @@ class GPT(nn.Module):
 
         vocab_size, if larger than the checkpoint's, appends zero embedding rows (room for
         a PAD token, or a multiple of 64 for speed); those ids get logit 0 and are never
-        sampled or trained on.
-        """
-        cfg_path, w_path = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
-        for p in (cfg_path, w_path):
-            if not os.path.isfile(p):
-                hint = " (pytorch_model.bin is a pickle and is not loaded; convert it to " \
-                       "safetensors)" if p == w_path else ""
-                raise UserError(f"{p}: not found; expected a Hugging Face GPT-2 directory{hint}")
-        with open(cfg_path) as f:
-            hf = json.load(f)
-        unsupported = {"activation_function": ("gelu_new", "gelu_pytorch_tanh"),
-                       "scale_attn_weights": (True,), "scale_attn_by_inverse_layer_idx": (False,),
-                       "reorder_and_upcast_attn": (False,), "layer_norm_epsilon": (1e-5,),
-                       "n_inner": (None, 4 * hf.get("n_embd", 0)), "tie_word_embeddings": (True,)}
-        for key, ok in unsupported.items():
-            if key in hf and hf[key] not in ok:
-                raise UserError(f"{cfg_path}: {key}={hf[key]!r} is not GPT-2 as model.py builds it")
-        config = GPTConfig(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-                           vocab_size=hf["vocab_size"], block_size=hf["n_positions"], dropout=dropout)
-        sd = {k.removeprefix("transformer."): v for k, v in load_file(w_path).items()}
-        model = cls(config)
-        ours = model.state_dict()
-        for name in ours:
-            if name == "lm_head.weight":
-                continue  # tied to wte
-            key = name.removeprefix("transformer.")
-            if key not in sd:
-                raise UserError(f"{w_path}: missing tensor {key}")
-            w = sd[key].t() if name.endswith(cls.TRANSPOSED) else sd[key]
-            if w.shape != ours[name].shape:
-                raise UserError(f"{w_path}: {key} has shape {tuple(w.shape)}, expected "
-                                f"{tuple(ours[name].shape)}")
-            with torch.no_grad():
-                ours[name].copy_(w)
-        if vocab_size and vocab_size > config.vocab_size:
-            model.pad_vocab(vocab_size)
-        return model
+        sampled or trained on. hf.load also reads the directory's tokenizer."""
+        from nanoinstruct import hf
+        return hf.read_gpt(path, dropout, vocab_size)
 
-    def to_hf(self, path):
-        """Write a directory that transformers.GPT2LMHeadModel.from_pretrained loads."""
-        if not self.config.bias:
-            raise ValueError("GPT-2 in transformers has biases; this model has bias=False")
-        if os.path.exists(path) and os.listdir(path):
-            raise UserError(f"{path}: exists and is not empty; not overwriting")
-        from nanoinstruct.checkpoint import atomic_dir
-        c = self.config
-        hf = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-              "vocab_size": c.vocab_size, "n_positions": c.block_size, "n_embd": c.n_embd,
-              "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": None,
-              "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
-              "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,
-              "initializer_range": 0.02, "scale_attn_weights": True, "tie_word_embeddings": True}
-        sd = {name: (w.t() if name.endswith(self.TRANSPOSED) else w).detach().contiguous().cpu()
-              for name, w in self.state_dict().items() if name != "lm_head.weight"}
-        with atomic_dir(path) as tmp:
-            save_file(sd, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-            with open(os.path.join(tmp, "config.json"), "w") as f:
-                json.dump(hf, f, indent=2)
+    def to_hf(self, path, tokenizer=None, chat_template=None):
+        """Write a directory that transformers.GPT2LMHeadModel.from_pretrained loads. With
+        the tokenizer: its real ids only (no padding row can be generated), its files, EOS
+        and generation_config.json, so AutoTokenizer and pipeline() load it too."""
+        from nanoinstruct import hf
+        hf.export_policy(self, path, tokenizer, chat_template)
 
     def pad_vocab(self, vocab_size):
         """Grow the (tied) embedding to vocab_size rows; new rows are zero."""

@@ -15,10 +15,10 @@ import time
 import torch
 from tqdm import tqdm
 
-from nanoinstruct import checkpoint
+from nanoinstruct import checkpoint, hf
 from nanoinstruct.cli import UserError
 from nanoinstruct.model import GPT, PRESETS, GPTConfig, ScalarGPT
-from nanoinstruct.tokenizer import from_meta, get_tokenizer
+from nanoinstruct.tokenizer import get_tokenizer
 
 
 def init_gpt(spec, tokenizer, dropout, block_size=None, template=""):
@@ -27,29 +27,22 @@ def init_gpt(spec, tokenizer, dropout, block_size=None, template=""):
     tokenizer; a preset or HF model uses `tokenizer` (the embedding is grown to hold PAD,
     rounded up to a multiple of 64). The prompt template: `template` if given, else the
     checkpoint's, else the instruction template."""
-    if spec in PRESETS:
-        tok = get_tokenizer(tokenizer, template or "instruction")
+    if spec in PRESETS:  # random weights of a size
+        tok = get_tokenizer(tokenizer or "bytes", template or "instruction")
         cfg = {**PRESETS[spec], **({"block_size": block_size} if block_size else {})}
-        return GPT(GPTConfig(**cfg, vocab_size=64 * math.ceil(tok.n_vocab / 64), dropout=dropout,
-                             n_real=tok.n_real)), tok
-    if not os.path.isdir(spec):
-        raise UserError(f"--init={spec}: not a preset ({', '.join(PRESETS)}) nor a directory")
-    hf_config = os.path.join(spec, "config.json")
-    if os.path.isfile(hf_config) and "model_type" in json.load(open(hf_config)):
-        tok = get_tokenizer(tokenizer, template or "instruction")
-        n_real = json.load(open(hf_config)).get("vocab_size")
-        if n_real != tok.n_real:
-            hint = "; pass --tokenizer=gpt2 or the path of its .tiktoken ranks file" if tokenizer == "bytes" else ""
-            raise UserError(f"--init={spec}: the model predicts {n_real} token ids and --tokenizer={tokenizer} "
-                            f"has {tok.n_real}: they do not fit{hint}")
-        model = GPT.from_hf(spec, dropout=dropout, vocab_size=64 * math.ceil(tok.n_vocab / 64))
-        return model, tok
-    model, meta = checkpoint.load(spec)
+        return GPT(GPTConfig(**cfg, vocab_size=hf.padded_vocab(tok), dropout=dropout, n_real=tok.n_real)), tok
+    path = hf.resolve_init(spec) or spec          # gpt2, gpt2-medium, ...: the released weights
+    if not os.path.isdir(path):
+        raise UserError(f"--init={spec}: not a preset ({', '.join(PRESETS)}), a released GPT-2 "
+                        f"({', '.join(hf.RELEASED)}) nor a directory")
+    if hf.is_hf_dir(path):
+        return hf.load(path, tokenizer, dropout, template or "instruction")
+    model, meta = checkpoint.load(path)
     if not isinstance(model, GPT):
         raise UserError(f"--init={spec}: a {meta['kind']} checkpoint, not a language model")
     fresh = GPT(dataclasses.replace(model.config, dropout=dropout))  # dropout: this run's
     fresh.load_state_dict(model.state_dict())
-    tok = from_meta(meta, template)
+    tok = checkpoint.load_tokenizer(path, meta, template)
     check_fit(fresh.config, tok, f"--init={spec}")
     return fresh, tok
 
@@ -74,7 +67,7 @@ def init_scalar(spec, tokenizer, dropout, block_size=None, template=""):
         model, meta = checkpoint.load(spec)
         fresh = ScalarGPT(dataclasses.replace(model.config, dropout=dropout))
         fresh.load_state_dict(model.state_dict())
-        tok = from_meta(meta, template)
+        tok = checkpoint.load_tokenizer(spec, meta, template)
         check_fit(fresh.config, tok, spec)
         return fresh, tok
     gpt, tok = init_gpt(spec, tokenizer, dropout, block_size, template)

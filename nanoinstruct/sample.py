@@ -16,7 +16,7 @@ import torch
 from nanoinstruct import checkpoint
 from nanoinstruct.cli import UserError, cli_main, parse_flags
 from nanoinstruct.model import GPT, PRESETS, GPTConfig, sample_token
-from nanoinstruct.tokenizer import from_meta, get_tokenizer
+from nanoinstruct.tokenizer import get_tokenizer
 
 
 @dataclass
@@ -86,7 +86,7 @@ def main():
     model, meta = checkpoint.load(cfg.ckpt)
     if not isinstance(model, GPT):
         raise UserError(f"--ckpt={cfg.ckpt}: a {meta['kind']} model has no language-model head")
-    tok = from_meta(meta)
+    tok = checkpoint.load_tokenizer(cfg.ckpt, meta)
     model.eval()
     prompt = torch.tensor([tok.encode_prompt(cfg.prompt)] * cfg.n)
     room = model.config.block_size - prompt.shape[1]

@@ -86,10 +86,6 @@ class Tokenizer:
             (other.template, other.enc._pat_str, other.enc._special_tokens) and \
             self.enc._mergeable_ranks == other.enc._mergeable_ranks
 
-    def meta(self):
-        """What a checkpoint's config.json records to rebuild this tokenizer (from_meta)."""
-        return {"tokenizer": self.name, "template": self.template}
-
     def encode(self, text):
         """Plain text -> ids. Special-token strings in text are encoded as plain text."""
         return self.enc.encode_ordinary(text)
@@ -185,12 +181,6 @@ def _local_encoding(path):
                              mergeable_ranks=ranks, special_tokens=specials)
 
 
-def from_meta(meta, template=""):
-    """The tokenizer a checkpoint was trained with, from its config.json (Tokenizer.meta);
-    a template given here replaces the checkpoint's."""
-    return get_tokenizer(meta.get("tokenizer", "bytes"), template or meta.get("template", "instruction"))
-
-
 def get_tokenizer(name="bytes", template="instruction"):
     """'bytes', a tiktoken encoding name, or a path to a local .tiktoken file; the template
     by name (TEMPLATES)."""
@@ -215,3 +205,26 @@ def get_tokenizer(name="bytes", template="instruction"):
             f"Without a network, download {local}.tiktoken elsewhere and pass its path "
             f"instead, e.g. --tokenizer=/path/to/{local}.tiktoken") from None
     return Tokenizer(name, enc, template)
+
+
+# ---------------------------------------------------------------------------------------
+# Tokenizers from in-memory ranks, and ranks back to a file (Hugging Face import,
+# checkpoints that carry their tokenizer)
+
+def from_ranks(name, ranks, eos_id, template="instruction"):
+    """A GPT-2-style tokenizer (GPT-2's split regex) from {token bytes: rank} and EOS's id.
+    A byte-level vocabulary with no merges is the `bytes` encoding."""
+    if ranks == {bytes([i]): i for i in range(256)} and eos_id == 256:
+        return get_tokenizer("bytes", template)
+    from tiktoken_ext.openai_public import r50k_pat_str
+    enc = tiktoken.Encoding(name=os.path.basename(name), pat_str=r50k_pat_str,
+                            mergeable_ranks=ranks, special_tokens={EOS: eos_id})
+    return Tokenizer(name, enc, template)
+
+
+def write_ranks(tok, path):
+    """Write tok's ranks as a .tiktoken file (`base64(token) rank` per line, rank order):
+    the file get_tokenizer(path) reads back."""
+    ranks = sorted(tok.enc._mergeable_ranks.items(), key=lambda kv: kv[1])
+    with open(path, "w") as f:
+        f.writelines(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ranks)

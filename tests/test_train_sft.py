@@ -137,13 +137,17 @@ def test_init_from_hf_directory(world, tmp_path):
     c = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=257, n_positions=64,
                                 bos_token_id=256, eos_token_id=256)
     transformers.GPT2LMHeadModel(c).save_pretrained(tmp_path / "hf")
-    train_sft.main(flags(world, tmp_path / "o", "--max_iters=2", mode="sft") + [f"--init={tmp_path / 'hf'}"])
+    r = run_script(*flags(world, tmp_path / "o0", "--max_iters=1", mode="sft"), f"--init={tmp_path / 'hf'}")
+    assert r.returncode == 2 and "no tokenizer files (vocab.json + merges.txt) and no --tokenizer" in r.stderr
+    train_sft.main(flags(world, tmp_path / "o", "--max_iters=2", mode="sft") + [f"--init={tmp_path / 'hf'}",
+                                                                                "--tokenizer=bytes"])
     cfg = json.load(open(tmp_path / "o" / "ckpt" / "config.json"))
     assert cfg["model"]["vocab_size"] == 320 and cfg["model"]["n_real"] == 257   # grown for PAD
     c.vocab_size = 300                                # a model that does not fit the byte tokenizer
     transformers.GPT2LMHeadModel(c).save_pretrained(tmp_path / "hf300")
-    r = run_script(*flags(world, tmp_path / "o2", "--max_iters=1", mode="sft"), f"--init={tmp_path / 'hf300'}")
-    assert r.returncode == 2 and "predicts 300 token ids and --tokenizer=bytes has 257" in r.stderr, r.stderr
+    r = run_script(*flags(world, tmp_path / "o2", "--max_iters=1", mode="sft"), f"--init={tmp_path / 'hf300'}",
+                   "--tokenizer=bytes")
+    assert r.returncode == 2 and "predicts 300 token ids and tokenizer bytes has 257" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "o2" / "ckpt").exists()
 
 
