@@ -11,8 +11,9 @@ a ranking such as `2 1 4 3` (best first), asking again on invalid input.
 Each ranking is appended to --out as soon as it is made (comparisons format, data.py), so
 Ctrl-C loses nothing, and a rerun with the same --out resumes after the prompts already
 there. With a world labeler, the agreement of the two world labelers on all pairs of the
-collected responses is reported at the end: the ceiling a reward model's accuracy should
-be read against (the paper: 72.6 % between training labelers).
+collected responses is reported at the end: inter-labeler agreement, the paper's yardstick
+for a reward model's accuracy (72.6 % between training labelers). It is not a ceiling: a
+model of one labeler can agree with that labeler more often than another labeler does.
 """
 
 import itertools
@@ -66,7 +67,7 @@ def ask_human(rec, responses, stdin=sys.stdin):
 
 def second_labeler(comparisons):
     """The world labeler that did not make these rankings: the one whose agreement with
-    them is the ceiling for a reward model trained on them. None where there is none:
+    them is the yardstick for a reward model trained on them. None where there is none:
     rankings by a person, a mix, or prompts without the world's metadata."""
     if not comparisons or any("family" not in c for c in comparisons):
         return None
