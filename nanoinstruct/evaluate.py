@@ -312,9 +312,11 @@ def main(argv=None):
         raise UserError(f"--prompted: {', '.join(sorted(prompted - set(policies)))} not in --policies")
     terse = list(dict.fromkeys(filter(None, cfg.terse.split(","))))
     for name in terse:
-        if name not in policies or f"{name}_terse" in policies:
-            raise UserError(f"--terse: {name!r} is not one of --policies, or {name}_terse already is")
-    rows = [*policies, *(f"{n}_terse" for n in terse)]
+        if name not in policies:
+            raise UserError(f"--terse: {name!r} is not one of --policies ({', '.join(policies)})")
+        if f"{name}_terse" in policies:
+            raise UserError(f"--terse={name}: its row {name}_terse is already a --policies name; rename that one")
+    rows = [row for n in policies for row in (n, f"{n}_terse") if row == n or n in terse]   # report order
     versus = [tuple(v.split(":")) for v in filter(None, cfg.versus.split(","))]
     for v in versus:
         if len(v) != 2 or not set(v) <= set(rows):
@@ -363,6 +365,7 @@ def main(argv=None):
         responses[f"{name}_terse"] = [strip_style(rec, y) for rec, y in zip(records, responses[name])]
         info[f"{name}_terse"] = {**info[name], "mean_length": sum(
             len(y) for y in responses[f"{name}_terse"]) / len(records)}
+    responses = {row: responses[row] for row in rows}
 
     # ---- judged by each labeler; the first is the report's ------------------------------
     by_labeler = {}

@@ -168,13 +168,12 @@ def strip_style(rec, response):
 # ---------------------------------------------------------------------------------------
 # judging: the paper's metadata, and the gold score built from it
 
-# Reading an assertion. Contractions are spelled out first ("isn't" -> "is not", curly
-# apostrophes too). The response is cut into clauses at sentence ends, commas, semicolons and
-# joining words; a joining word opens the next clause. In a clause, each word is asserted (+1)
-# or denied (-1) by the parity of the negators before it ("7 is not not odd" asserts odd), or
-# neither (0) if the clause hedges ("maybe odd") or asks ("Is 7 odd?"). A clause opened by "and" or
-# "or" with no verb of its own continues the one before ("snow is not red or blue" denies
-# both); a clause's leading "no" is an interjection ("No, 7 is odd."; "No 7 is odd").
+# Reading an assertion (read): contractions spelled out, straight or curly ("isn't" -> "is
+# not"); clauses cut at sentence ends, commas, semicolons and joining words; each word asserted
+# or denied by the parity of the negators before it in its clause ("7 is not not odd" asserts
+# odd), or neither where the clause hedges ("maybe odd") or asks ("Is 7 odd?"). A clause opened
+# by "and"/"or" with no verb of its own goes on from the one before ("not red or blue" denies
+# both); a clause's leading "no" is an interjection ("No, 7 is odd.").
 CONTRACTIONS = [(r"\bcan['’]?t\b|\bcannot\b", "can not"), (r"\bwon['’]?t\b", "will not"),
                 (r"\bain['’]t\b", "is not"), (r"n['’]t\b", " not"),
                 (r"\b(is|are|was|were|do|does|did|has|have|had|could|would|should)nt\b", r"\1 not"),
@@ -182,7 +181,7 @@ CONTRACTIONS = [(r"\bcan['’]?t\b|\bcannot\b", "can not"), (r"\bwon['’]?t\b",
                 (r"['’]ve\b", " have"), (r"['’]d\b", " would")]
 NEGATORS = {"not", "no", "never", "neither", "nor", "none", "without"}
 HEDGES = {"maybe", "perhaps", "possibly", "probably", "might", "guess"}
-JOINS = {"but", "and", "or", "nor", "yet", "so", "because", "although", "though", "however", "while"}
+JOINS = {"but", "and", "or", "nor", "because", "although", "though", "however"}
 VERBS = {"is", "are", "was", "were", "am", "be", "do", "does", "did", "can", "will", "would",
          "could", "should", "has", "have"}
 REFUSAL_RE = re.compile(r"\b(can|will|could|would|do|shall) (not|never) help\b")   # on normalise()d text
@@ -196,8 +195,7 @@ def normalise(text):
 
 def read(text):
     """-> [(word, sign)]: the response's words in order (negators left out, case kept), sign
-    +1 where the word is asserted, -1 where it is denied, 0 where its clause hedges or its
-    sentence is a question."""
+    +1 asserted, -1 denied, 0 neither (a hedge, a question)."""
     clauses = []                                   # [(words, asks)]
     for sentence in re.findall(r"[^.!?\n]+[.!?\n]*", normalise(text)):
         for chunk in re.split(r"[,;:]", sentence):
