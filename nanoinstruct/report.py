@@ -73,7 +73,8 @@ def markdown(report):
     for other, by_model in report.get("labelers", {}).items():
         if other != report["labeler"]:
             lines.append(f"\nUnder the **{other}** labeler: " + ", ".join(
-                f"{n} {cell('{:.1%}', v.get('winrate'))} (gold {cell('{:+.2f}', v.get('gold_score'))})"
+                f"{n} {cell('{:.1%}', v.get('winrate'))} ({cell('{:.1%}', v.get('winrate_length_controlled'))} "
+                f"with length controlled, gold {cell('{:+.2f}', v.get('gold_score'))})"
                 for n, v in by_model.items()) + ".")
     for pair, by_judge in report.get("versus", {}).items():
         s = report.get("spread", {}).get("versus", {}).get(pair, {})

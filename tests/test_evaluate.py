@@ -326,7 +326,10 @@ def test_report_files_from_a_real_evaluation(tmp_path):
     assert all(e["sft_terse"] == strip_style(recs[e["prompt"]], e["sft"]) for e in rep["examples"])
     terse, sft = rep["models"]["sft_terse"], rep["models"]["sft"]
     assert (terse["correct_by_family"], terse["pretrain_loss"]) == (sft["correct_by_family"], sft["pretrain_loss"])
-    assert "Style control: **sft_terse**" in (tmp_path / "ev" / "report.md").read_text()
+    assert set(rep["versus"]["other vs sft_terse"]) == {"heldout", "train"}
+    md = (tmp_path / "ev" / "report.md").read_text()
+    assert "Style control: **sft_terse**" in md
+    assert "Under the **train** labeler: sft 50.0% (50.0% with length controlled, gold" in md
     assert rep["labelers"]["train"]["sft"]["winrate"] == 0.5
     for j in ("heldout", "train"):   # head to head: the same comparison as the win rate, both ways
         assert rep["versus"]["other vs sft"][j] == rep["labelers"][j]["other"]["winrate"]
