@@ -245,6 +245,7 @@ def test_report_new_columns_missing_values_and_style_control(tmp_path):
         "sft_terse": model(0.705, 0.5, 0.6, {"add": 0.5, "parity": 0.7}),
         "ppo_ptx": model(0.608, 0.52, 0.58, {"add": 0.4}),                       # no parity
         "better": model(0.75, 0.7, 0.7, {"add": 0.9, "parity": 0.9}),
+        "shorter": model(0.72, 0.45, 0.55, {"add": 0.5, "parity": 0.6}),         # beats the control, less right
         "old": {"winrate": 0.55, "hallucination": None}}}                        # a report from before
     md = report.markdown(rep)
     assert "| model | win rate | win rate, no length | gold | correct |" in md
@@ -256,6 +257,8 @@ def test_report_new_columns_missing_values_and_style_control(tmp_path):
            "**no gain beyond style**." in md
     assert "- better: win rate 75.0% against sft_terse's 70.5%; correct 70.0% against sft's 60.0%: " \
            "a gain beyond style." in md
+    assert "- shorter: win rate 72.0% against sft_terse's 70.5%; correct 55.0% against sft's 60.0%: " \
+           "**no gain beyond style**." in md
     assert "- old:" not in md                                                   # no correct to read
     report.write_report(rep, str(tmp_path))
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
