@@ -113,6 +113,22 @@ def test_options(rec, response, correct):
     assert judge(rec, response)["correct"] == judge(rec, response, strict=True)["correct"] == correct
 
 
+@pytest.mark.parametrize("rec, response, strict", [  # right for the training labeler's reading
+    (PARITY_7, "7 is odd. Is it even?", False),
+    (PARITY_7, "It is odd, maybe even.", False),
+    (COLOR_SNOW, "white, or maybe black", False),
+    (PARITY_7, "Maybe odd. It is odd.", True),                        # the truth hedged, then said
+    (PARITY_7, "It is odd, not even.", True),
+])
+def test_the_strict_reading_lets_no_wrong_option_hide_in_a_hedge_or_a_question(rec, response, strict):
+    assert judge(rec, response)["correct"] and judge(rec, response, strict=True)["correct"] == strict
+
+
+def test_the_strict_reading_counts_a_hedged_colour_as_made_up():
+    assert judge(CLOSED, "tan, or maybe blue", strict=True)["hallucination"]
+    assert not judge(CLOSED, "tan, or maybe blue")["hallucination"]
+
+
 @pytest.mark.parametrize("response, correct, hallucination", [
     ("tan", True, False),
     ("The cat is not red, it is tan.", True, False),
