@@ -224,7 +224,9 @@ def judge(rec, response, strict=False):
     Returns a dict of booleans (None where a question does not apply):
       follows      on task: a non-empty answer, not a continuation of the document
       correct      the answer is right: asserted (read()), not denied, and nothing asserted
-                   beside it that contradicts it (another option, another number)
+                   beside it that contradicts it (another option, another number). strict (a
+                   stricter labeler): an option only hedged or asked about contradicts too
+                   ("odd, maybe even.")
       constraint   the explicit constraint (exact count, no repeats) is met
       hallucination  closed-domain content not in the source, or going along with a false
                    premise (not rejecting it, below)
@@ -260,11 +262,12 @@ def judge(rec, response, strict=False):
             out["correct"] = bool(items) and not others
             out["constraint"] = out["correct"] and len(items) == rec["n"] == len(set(items))
     elif f in ("color", "closed", "parity", "premise"):
-        parity = f == "parity" or f == "premise" and rec["subject"].isdigit()
-        named = {w for w in low if w in (["odd", "even"] if parity else COLORS)}
-        out["correct"] = named == {a} and a not in denied
+        options = ["odd", "even"] if f == "parity" or f == "premise" and rec["subject"].isdigit() else COLORS
+        named = {w for w in low if w in options}                                # asserted
+        maybe = {w.lower() for w, sign in words if sign == 0 and w.lower() in options} if strict else set()
+        out["correct"] = a in named and named | maybe == {a} and a not in denied
         if f == "closed":
-            out["hallucination"] = bool(named - set(rec["colors"]))
+            out["hallucination"] = bool((named | maybe) - set(rec["colors"]))
         if f == "premise":
             rejects = (a in named or rec["wrong"] in denied) and named <= {a} and a not in denied
             out["corrected"] = rejects and (not strict or out["correct"] and rec["wrong"] in denied)
