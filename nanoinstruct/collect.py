@@ -14,8 +14,9 @@ there (a last line torn by a kill or a full disk is dropped first: data.repair_t
 world labelers read each prompt's metadata: `world_fields` says which fields each family
 needs, and every record is checked before any sampling. With a world labeler, the
 agreement of the two world labelers on all pairs of the collected responses is reported at
-the end: the ceiling a reward model's accuracy should be read against (the paper: 72.6 %
-between training labelers).
+the end: inter-labeler agreement, the paper's yardstick for a reward model's accuracy
+(72.6 % between training labelers). It is not a ceiling: a model of one labeler can agree
+with that labeler more often than another labeler does.
 """
 
 import itertools
@@ -94,7 +95,7 @@ def ask_human(rec, responses, stdin=sys.stdin):
 
 def second_labeler(comparisons, path=None):
     """The world labeler that did not make these rankings: the one whose agreement with
-    them is the ceiling for a reward model trained on them. None where there is none:
+    them is the yardstick for a reward model trained on them. None where there is none:
     rankings by a person, a mix, or prompts without the world's metadata. With the file's
     path, comparisons that are the world's (some have a family) are checked to have every
     field the labelers read (a file:line error, not a KeyError later)."""

@@ -7,6 +7,10 @@ paper used held-out labelers:
 - win rate against the baseline: response i of the policy and response i of the baseline
   to the same prompt, ranked by the labeler (gold score + its noise, world.Labeler);
   identical responses are ties and count half. The baseline against itself is 0.5;
+- the length-controlled win rate: the same labeler and noise with its brevity term removed
+  (per_char = 0), so a win on brevity alone is a coin toss;
+- correct: the fraction of responses that are right (world.judge, in the labeler's reading),
+  overall and per task family (correct_by_family): substance, whatever the style;
 - mean gold score under the labeler's weights;
 - the metadata of the paper's Table 3, as rates over the prompts where the question applies
   (world.judge):
@@ -25,19 +29,25 @@ paper used held-out labelers:
 `--prompted=NAME,...` gives those policies a few-shot prefix of demonstrations (the paper's
 "GPT-3 prompted") and keeps the first non-empty line of the response: the examples answer
 on one line, so the newline after an answer is the stop sequence, as the API's `stop` is.
-`--reward` scores a reward model's pairwise accuracy on held-out comparisons against the
-agreement of the world's two labelers on the same pairs (the ceiling), and how often it
+`--terse=NAME,...` adds a control row NAME_terse: NAME's own samples with the demonstrators'
+padding removed (world.strip_style, "Sure! It is white. Hope that helps!" -> "white"), a
+change of style only. A policy that does not beat it has learned style, not substance.
+`--reward` scores a reward model's pairwise accuracy on held-out comparisons beside the
+agreement of the world's two labelers on the same pairs (inter-labeler agreement, the
+paper's yardstick: a reward model fitted to one labeler may exceed it), and how often it
 prefers the right response of a pair of which the world's judge finds exactly one right.
 
 Writes report.json (schema below), report.md (the table) and report.png (the bars).
 
     python -m nanoinstruct.evaluate --policies=base=out/base,base_prompted=out/base,sft=out/sft,\\
-        ppo_ptx=out/ppo_ptx --prompted=base_prompted --baseline=sft --reward=out/rm --out_dir=out/eval
+        ppo_ptx=out/ppo_ptx --prompted=base_prompted --baseline=sft --terse=sft --reward=out/rm --out_dir=out/eval
 
     {"baseline": "sft", "labeler": "heldout",
-     "models": {NAME: {"winrate", "gold_score", "follows_instruction", "constraint_ok",
-                       "hallucination", "false_premise_corrected", "unsafe_refused",
-                       "over_refusal", "pretrain_loss", "n_params", "mean_length"}},
+     "models": {NAME: {"winrate", "winrate_length_controlled", "gold_score", "correct",
+                       "correct_by_family": {FAMILY: fraction}, "follows_instruction",
+                       "constraint_ok", "hallucination", "false_premise_corrected",
+                       "unsafe_refused", "over_refusal", "pretrain_loss", "n_params",
+                       "mean_length"}},
      "reward_model": {"accuracy", "labeler_agreement", "right_over_wrong", "right_over_wrong_pairs"},
      "seconds": {STAGE: wall seconds}}
 
@@ -49,6 +59,7 @@ whose numbers are the means, with the spread (the standard deviation over seeds)
 "spread" (make paper).
 """
 
+import dataclasses
 import itertools
 import json
 import os
@@ -64,13 +75,14 @@ from nanoinstruct.cli import UserError, cli_main, parse_flags
 from nanoinstruct.model import GPT
 from nanoinstruct.report import aggregate, markdown, write_report
 from nanoinstruct.tokenizer import PROMPT_TEMPLATE
-from nanoinstruct.world import LABELERS, gold_score, judge
+from nanoinstruct.world import LABELERS, gold_score, judge, strip_style
 
 
 @dataclass
 class Config:
     policies: str = ""           # name=CKPT,name=CKPT,...  (a checkpoint may appear under two names)
     prompted: str = ""           # names that get the few-shot prefix (the paper's "GPT prompted")
+    terse: str = ""              # names whose samples, padding stripped, add a row NAME_terse (style control)
     baseline: str = "sft"        # the name win rates are measured against
     versus: str = ""             # extra head-to-head win rates, A:B,... (e.g. ppo_ptx:sft_large)
     labeler: str = "heldout"     # the judge; a comma list adds the others' win rates and gold scores
@@ -101,9 +113,10 @@ RATES = ("follows_instruction", "constraint_ok", "hallucination", "false_premise
 # ---------------------------------------------------------------------------------------
 # the measurements, on prompts (world records) and response strings
 
-def metadata(prompts, responses):
+def metadata(prompts, responses, strict=False):
     """prompts: world records; responses: one string per record (a prompt repeats once per
-    sample) -> the six Table 3 rates, each over the records where it applies (None if none)."""
+    sample) -> the six Table 3 rates, each over the records where it applies (None if none),
+    in the labeler's reading (strict: world.judge)."""
     counts = {k: [0, 0] for k in RATES}
 
     def add(key, value):
@@ -111,7 +124,7 @@ def metadata(prompts, responses):
         counts[key][1] += 1
 
     for rec, y in zip(prompts, responses, strict=True):
-        j = judge(rec, y)
+        j = judge(rec, y, strict)
         unsafe = rec["family"] == "howto" and rec["unsafe"]
         if unsafe:
             add("unsafe_refused", j["refused"])
@@ -125,6 +138,21 @@ def metadata(prompts, responses):
         if rec["family"] == "premise":
             add("false_premise_corrected", j["corrected"])
     return {k: hit / n if n else None for k, (hit, n) in counts.items()}
+
+
+def correctness(prompts, responses, strict=False):
+    """-> {"correct": the fraction of responses world.judge finds right, "correct_by_family":
+    {family: that fraction over the family's records}}."""
+    right = {}
+    for rec, y in zip(prompts, responses, strict=True):
+        right.setdefault(rec["family"], []).append(judge(rec, y, strict)["correct"])
+    return {"correct": sum(map(sum, right.values())) / len(prompts),
+            "correct_by_family": {f: sum(v) / len(v) for f, v in sorted(right.items())}}
+
+
+def length_controlled(labeler):
+    """The same labeler (name, seed, so the same noise) without its preference for brevity."""
+    return dataclasses.replace(labeler, weights=dataclasses.replace(labeler.weights, per_char=0.0))
 
 
 def win_rate(prompts, responses, baseline_responses, labeler):
@@ -279,13 +307,20 @@ def main(argv=None):
     policies = parse_policies(cfg.policies)
     if cfg.baseline not in policies:
         raise UserError(f"--baseline={cfg.baseline!r} is not one of --policies ({', '.join(policies)})")
-    versus = [tuple(v.split(":")) for v in filter(None, cfg.versus.split(","))]
-    for v in versus:
-        if len(v) != 2 or not set(v) <= set(policies):
-            raise UserError(f"--versus: {':'.join(v)!r} is not A:B with both in --policies")
     prompted = set(filter(None, cfg.prompted.split(",")))
     if prompted - set(policies):
         raise UserError(f"--prompted: {', '.join(sorted(prompted - set(policies)))} not in --policies")
+    terse = list(dict.fromkeys(filter(None, cfg.terse.split(","))))
+    for name in terse:
+        if name not in policies:
+            raise UserError(f"--terse: {name!r} is not one of --policies ({', '.join(policies)})")
+        if f"{name}_terse" in policies:
+            raise UserError(f"--terse={name}: its row {name}_terse is already a --policies name; rename that one")
+    rows = [row for n in policies for row in (n, f"{n}_terse") if row == n or n in terse]   # report order
+    versus = [tuple(v.split(":")) for v in filter(None, cfg.versus.split(","))]
+    for v in versus:
+        if len(v) != 2 or not set(v) <= set(rows):
+            raise UserError(f"--versus: {':'.join(v)!r} is not A:B with both in --policies (or --terse rows)")
     judges = cfg.labeler.split(",")
     for name in judges:
         if name not in LABELERS:
@@ -306,6 +341,7 @@ def main(argv=None):
         comps = data.read_comparisons(cfg.comparisons)
 
     # ---- every policy answers the same prompts with the same seed ----------------------
+    records = [p for p in prompts for _ in range(cfg.samples)]
     responses, info, loaded = {}, {}, {}
     for name, path in policies.items():
         if path not in loaded:
@@ -325,7 +361,11 @@ def main(argv=None):
         info[name] = {"pretrain_loss": ploss, "n_params": model.num_params(),
                       "mean_length": sum(len(y.strip()) for y in responses[name]) / len(responses[name])}
         print(f"{name}: {len(responses[name])} responses from {path}", file=sys.stderr, flush=True)
-    records = [p for p in prompts for _ in range(cfg.samples)]
+    for name in terse:  # the style control: the same samples, the demonstrators' padding removed
+        responses[f"{name}_terse"] = [strip_style(rec, y) for rec, y in zip(records, responses[name])]
+        info[f"{name}_terse"] = {**info[name], "mean_length": sum(
+            len(y) for y in responses[f"{name}_terse"]) / len(records)}
+    responses = {row: responses[row] for row in rows}
 
     # ---- judged by each labeler; the first is the report's ------------------------------
     by_labeler = {}
@@ -333,9 +373,12 @@ def main(argv=None):
         lab = LABELERS[judge_name]
         by_labeler[judge_name] = {
             name: {"winrate": win_rate(records, ys, responses[cfg.baseline], lab),
+                   "winrate_length_controlled": win_rate(records, ys, responses[cfg.baseline],
+                                                         length_controlled(lab)),
                    "gold_score": mean_gold(records, ys, lab)} for name, ys in responses.items()}
-    models = {name: {**by_labeler[judges[0]][name], **metadata(records, ys), **info[name]}
-              for name, ys in responses.items()}
+    strict = LABELERS[judges[0]].weights.strict      # the report's labeler reads the metadata too
+    models = {name: {**by_labeler[judges[0]][name], **correctness(records, ys, strict),
+                     **metadata(records, ys, strict), **info[name]} for name, ys in responses.items()}
 
     report = {"baseline": cfg.baseline, "labeler": judges[0], "models": models}
     if len(judges) > 1:

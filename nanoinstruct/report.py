@@ -6,7 +6,8 @@ import json
 import math
 import os
 
-COLUMNS = [("winrate", "win rate", "{:.1%}"), ("gold_score", "gold", "{:+.2f}"),
+COLUMNS = [("winrate", "win rate", "{:.1%}"), ("winrate_length_controlled", "win rate, no length", "{:.1%}"),
+           ("gold_score", "gold", "{:+.2f}"), ("correct", "correct", "{:.0%}"),
            ("follows_instruction", "follows", "{:.0%}"), ("constraint_ok", "constraint", "{:.0%}"),
            ("hallucination", "halluc.", "{:.0%}"), ("false_premise_corrected", "premise fixed", "{:.0%}"),
            ("unsafe_refused", "unsafe refused", "{:.0%}"), ("over_refusal", "over-refusal", "{:.0%}"),
@@ -21,6 +22,38 @@ def cell(fmt, value, spread=None):
     return s if spread is None else f"{s} ± {fmt.format(spread).lstrip('+')}"
 
 
+def row(name, values, spread, keys_fmts):
+    """A table row; a key the model does not have is an empty cell (None, a rate that applies
+    to no prompt, is n/a)."""
+    return f"| {name} | " + " | ".join(cell(fmt, values[k], spread.get(k)) if k in values else ""
+                                       for k, fmt in keys_fmts) + " |"
+
+
+def style_control(models, baseline):
+    """Lines that read each NAME_terse control row (NAME's samples, padding removed) against the
+    models that beat the baseline: a model that does not beat the control's win rate, or NAME's
+    fraction correct, has gained style, not substance."""
+    def pct(name, key):
+        return cell("{:.1%}", models[name].get(key))
+
+    lines = []
+    for t in [n for n in models if n.endswith("_terse") and n[:-len("_terse")] in models]:
+        src, control = t[:-len("_terse")], models[t]
+        lines.append(f"\nStyle control: **{t}** is {src}'s own samples with the demonstrators' padding "
+                     f"removed, a change of style only: win rate {pct(t, 'winrate')} against {baseline} "
+                     f"({pct(t, 'winrate_length_controlled')} with length controlled), correct "
+                     f"{pct(t, 'correct')} ({src}: {pct(src, 'correct')}).")
+        for n, m in models.items():
+            values = (m.get("winrate"), control.get("winrate"), m.get("correct"), models[src].get("correct"))
+            if n in (t, src) or n.endswith("_terse") or None in values or m["winrate"] <= 0.5:
+                continue
+            beyond = values[0] > values[1] and values[2] > values[3]
+            lines.append(f"- {n}: win rate {pct(n, 'winrate')} against {t}'s {pct(t, 'winrate')}; correct "
+                         f"{pct(n, 'correct')} against {src}'s {pct(src, 'correct')}: "
+                         + ("a gain beyond style." if beyond else "**no gain beyond style**."))
+    return lines
+
+
 def markdown(report):
     models, spread = report["models"], report.get("spread", {}).get("models", {})
     lines = [f"Judged by the **{report['labeler']}** labeler; win rate against **{report['baseline']}**"
@@ -28,12 +61,21 @@ def markdown(report):
              "| model | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
              "| --- |" + " ---: |" * len(COLUMNS)]
     for name, m in models.items():
-        s = spread.get(name, {})
-        lines.append(f"| {name} | " + " | ".join(cell(fmt, m.get(k), s.get(k)) for k, _, fmt in COLUMNS) + " |")
+        lines.append(row(name, m, spread.get(name, {}), [(k, fmt) for k, _, fmt in COLUMNS]))
+    families = sorted({f for m in models.values() for f in m.get("correct_by_family", {})})
+    if families:
+        lines += ["", "Correct, by task family:", "", "| model | " + " | ".join(families) + " |",
+                  "| --- |" + " ---: |" * len(families)]
+        for name, m in models.items():
+            lines.append(row(name, m.get("correct_by_family", {}),
+                             spread.get(name, {}).get("correct_by_family", {}), [(f, "{:.0%}") for f in families]))
+    lines += style_control(models, report["baseline"])
     for other, by_model in report.get("labelers", {}).items():
         if other != report["labeler"]:
             lines.append(f"\nUnder the **{other}** labeler: " + ", ".join(
-                f"{n} {v['winrate']:.1%} (gold {v['gold_score']:+.2f})" for n, v in by_model.items()) + ".")
+                f"{n} {cell('{:.1%}', v.get('winrate'))} ({cell('{:.1%}', v.get('winrate_length_controlled'))} "
+                f"with length controlled, gold {cell('{:+.2f}', v.get('gold_score'))})"
+                for n, v in by_model.items()) + ".")
     for pair, by_judge in report.get("versus", {}).items():
         s = report.get("spread", {}).get("versus", {}).get(pair, {})
         lines.append(f"\nHead to head, {pair}: " + ", ".join(
@@ -41,7 +83,9 @@ def markdown(report):
     rm = report.get("reward_model")
     if rm:
         lines.append(f"\nReward model: pairwise accuracy {cell('{:.1%}', rm['accuracy'])} on held-out "
-                     f"comparisons; the labelers agree on {cell('{:.1%}', rm['labeler_agreement'])} of them.")
+                     f"comparisons; the labelers agree on {cell('{:.1%}', rm['labeler_agreement'])} of them "
+                     "(inter-labeler agreement, the paper's yardstick; not a ceiling: a model of one "
+                     "labeler can agree with it more often than another labeler does).")
         if rm.get("right_over_wrong") is not None:
             lines.append(f"On the {rm['right_over_wrong_pairs']:.0f} pairs of which exactly one response is right, "
                          f"it scores the right one higher {cell('{:.1%}', rm['right_over_wrong'])} of the time.")
@@ -57,16 +101,17 @@ def plot(report, path):
     import matplotlib.pyplot as plt
     names = list(report["models"])
     spread = report.get("spread", {}).get("models", {})
-    keys = [k for k, _, fmt in COLUMNS if fmt.endswith("%}")]          # the win rate and the rates
+    keys = [k for k, _, fmt in COLUMNS if fmt.endswith("%}")]          # the win rates and the rates
     fig, axes = plt.subplots(1, len(keys), figsize=(2.2 * len(keys), 3.2), sharey=True)
     for ax, k in zip(axes, keys):
-        vals = [report["models"][n][k] for n in names]
-        err = [spread.get(n, {}).get(k, 0) for n in names] if spread else None
+        vals = [report["models"][n].get(k) for n in names]
+        err = [spread.get(n, {}).get(k) or 0 for n in names] if spread else None
         ax.bar(range(len(names)), [v or 0 for v in vals], yerr=err, color="C0")
         ax.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
-        ax.set_title(k.replace("_", " "), fontsize=8)
+        ax.set_title(k.replace("_", " ").replace("length controlled", "no length"), fontsize=8)
         ax.set_ylim(0, 1)
-    axes[0].axhline(0.5, color="gray", lw=0.8, ls="--")
+        if k.startswith("winrate"):
+            ax.axhline(0.5, color="gray", lw=0.8, ls="--")
     fig.suptitle(f"vs {report['baseline']}, {report['labeler']} labeler", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -84,10 +129,11 @@ def write_report(report, out_dir):
 
 def aggregate(reports):
     """Several seeds' reports -> one: every number the mean over the seeds that have it, its
-    standard deviation under "spread" (same shape), n_seeds the count."""
+    standard deviation under "spread" (same shape; nested dicts such as correct_by_family
+    too), n_seeds the count. A key that some seed lacks is left out."""
     def merge(values):
         if isinstance(values[0], dict):
-            keys = [k for k in values[0] if all(k in v for v in values)]
+            keys = [k for k in values[0] if all(isinstance(v, dict) and k in v for v in values)]
             pairs = {k: merge([v[k] for v in values]) for k in keys}
             return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
         nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]

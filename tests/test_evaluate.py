@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from nanoinstruct import checkpoint, data, evaluate, report
 from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
 from nanoinstruct.tokenizer import get_tokenizer
-from nanoinstruct.world import LABELERS, REFUSAL, USE_CASE, demonstrate, gold_score, make_prompt
+from nanoinstruct.world import LABELERS, REFUSAL, USE_CASE, demonstrate, gold_score, make_prompt, strip_style
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,6 +54,59 @@ def test_metadata_rates_on_known_responses():
     assert m["constraint_ok"] == pytest.approx(1 / 3)                 # exact count once of 3 repeats
     none = evaluate.metadata([repeat], [repeat["answer"]])
     assert none["unsafe_refused"] is None and none["false_premise_corrected"] is None
+
+
+def test_correct_overall_and_by_family_on_known_responses():
+    parity, premise, add = record("parity", n=7), record("premise"), record("add")
+    s, w, a = premise["subject"].capitalize(), premise["wrong"], premise["answer"]
+    rows = [(parity, "odd"), (parity, "7 is not odd."), (parity, "Sure! 7 is odd. Hope that helps!"),
+            (premise, f"{s} is not {w}. It is {a}."), (premise, f"{s} is {a}."), (premise, f"Because {s} is {w}."),
+            (add, add["answer"]), (add, f"The sum is not {add['answer']}.")]
+    # right: 2 of 3 parity; premise: the explicit and the implicit correction (1 of 3 when read
+    # strictly, as the held-out labeler does); 1 of 2 add
+    assert evaluate.correctness(*zip(*rows)) == {
+        "correct": 5 / 8, "correct_by_family": {"add": 1 / 2, "parity": 2 / 3, "premise": 2 / 3}}
+    assert evaluate.correctness(*zip(*rows), strict=True) == {
+        "correct": 4 / 8, "correct_by_family": {"add": 1 / 2, "parity": 2 / 3, "premise": 1 / 3}}
+    assert evaluate.metadata(*zip(*rows), strict=True)["false_premise_corrected"] == pytest.approx(1 / 3)
+
+
+def test_length_controlled_win_rate_drops_only_the_brevity_term():
+    lab = LABELERS["heldout"]
+    free = evaluate.length_controlled(lab)
+    assert free.weights.per_char == 0 and (free.name, free.seed, free.noise) == (lab.name, lab.seed, lab.noise)
+    assert {**vars(free.weights), "per_char": lab.weights.per_char} == vars(lab.weights)
+    recs = [record("add", seed=s) for s in range(400)]
+    short = [r["answer"] for r in recs]
+    padded = [f"Sure! The sum is {r['answer']}. Hope that helps!" for r in recs]    # same substance
+    assert evaluate.win_rate(recs, short, padded, lab) > 0.9                          # brevity wins
+    assert 0.4 < evaluate.win_rate(recs, short, padded, free) < 0.6                   # a coin toss
+    # by hand, gaps far above the noise: right and padded beats a worksheet continuation (10 wins),
+    # 10 ties, and wrong but short loses to right and padded once length is no matter (10 losses)
+    cont = "\nInstruction: Name 3 fruits.\nResponse:"
+    wrong = [str(int(r["answer"]) + 1) for r in recs]
+    ys = padded[:10] + short[10:20] + wrong[20:30]
+    base = [cont] * 10 + short[10:20] + padded[20:30]
+    assert evaluate.win_rate(recs[:30], ys, base, free) == pytest.approx(15 / 30)
+
+
+def test_a_pure_style_change_wins_only_on_length():
+    """Every response ideal; the baseline in the demonstrators' mix of styles, the policy the
+    same answers stripped of padding (world.strip_style). The held-out labeler prefers the
+    policy on brevity alone: its win rate is high, its length-controlled win rate a coin toss,
+    and its fraction correct the baseline's (issue 15: 70.2 % / 50.7 % on seed 0's 191 x 4)."""
+    from nanoinstruct.world import build
+    recs = [p for p in build(0, corpus_docs=1, sizes=dict(sft=1, sft_val=1, rm=1, rm_val=1, ppo=1, eval=150))[
+        "eval_prompts.jsonl"] for _ in range(2)]
+    r = random.Random(0)
+    mixed = [demonstrate(rec, r.choice(["terse", "plain", "chatty"])) for rec in recs]
+    terse = [strip_style(rec, y) for rec, y in zip(recs, mixed)]
+    assert terse == [demonstrate(rec, "terse") for rec in recs]
+    lab = LABELERS["heldout"]
+    assert evaluate.win_rate(recs, terse, mixed, lab) > 0.65
+    assert 0.4 < evaluate.win_rate(recs, terse, mixed, evaluate.length_controlled(lab)) < 0.6
+    assert evaluate.correctness(recs, terse, True) == evaluate.correctness(recs, mixed, True)
+    assert evaluate.correctness(recs, terse, True)["correct"] == 1.0
 
 
 def test_win_rate_ties_count_half_and_clear_wins_count_one():
@@ -187,6 +240,49 @@ def test_aggregate_means_and_spreads():
     assert "70.0% ± 10.0%" in md and "mean ± std over 3 seeds" in md
 
 
+def test_aggregate_per_family_and_new_fields():
+    a = {"baseline": "sft", "labeler": "heldout", "models": {"m": {
+        "winrate": 0.6, "winrate_length_controlled": 0.5, "correct": 0.5,
+        "correct_by_family": {"add": 0.4, "parity": 0.6}}}}
+    b = {"baseline": "sft", "labeler": "heldout", "models": {"m": {
+        "winrate": 0.8, "winrate_length_controlled": 0.7, "correct": 0.7,
+        "correct_by_family": {"add": 0.6, "parity": 0.8, "list": 1.0}}}}
+    agg = report.aggregate([a, b])
+    m, s = agg["models"]["m"], agg["spread"]["models"]["m"]
+    assert m["correct_by_family"] == pytest.approx({"add": 0.5, "parity": 0.7})   # list: one seed only
+    assert s["correct_by_family"]["add"] == pytest.approx(math.sqrt(0.02))
+    assert m["winrate_length_controlled"] == pytest.approx(0.6) and m["correct"] == pytest.approx(0.6)
+    md = report.markdown(agg)
+    assert "| m | 50% ± 14% | 70% ± 14% |" in md                                   # add, parity
+
+
+def test_report_new_columns_missing_values_and_style_control(tmp_path):
+    def model(w, lc, c, fam):
+        return {"winrate": w, "winrate_length_controlled": lc, "correct": c, "correct_by_family": fam}
+    rep = {"baseline": "sft", "labeler": "heldout", "models": {
+        "sft": model(0.5, 0.5, 0.6, {"add": 0.5, "parity": 0.7}),
+        "sft_terse": model(0.705, 0.5, 0.6, {"add": 0.5, "parity": 0.7}),
+        "ppo_ptx": model(0.608, 0.52, 0.58, {"add": 0.4}),                       # no parity
+        "better": model(0.75, 0.7, 0.7, {"add": 0.9, "parity": 0.9}),
+        "shorter": model(0.72, 0.45, 0.55, {"add": 0.5, "parity": 0.6}),         # beats the control, less right
+        "old": {"winrate": 0.55, "hallucination": None}}}                        # a report from before
+    md = report.markdown(rep)
+    assert "| model | win rate | win rate, no length | gold | correct |" in md
+    assert "| sft_terse | 70.5% | 50.0% |  | 60% |" in md
+    assert "| old | 55.0% |  |  |  |  |  | n/a |" in md                           # missing: empty; None: n/a
+    assert "| model | add | parity |" in md and "| ppo_ptx | 40% |  |" in md and "| old |  |  |" in md
+    assert "Style control: **sft_terse**" in md
+    assert "- ppo_ptx: win rate 60.8% against sft_terse's 70.5%; correct 58.0% against sft's 60.0%: " \
+           "**no gain beyond style**." in md
+    assert "- better: win rate 75.0% against sft_terse's 70.5%; correct 70.0% against sft's 60.0%: " \
+           "a gain beyond style." in md
+    assert "- shorter: win rate 72.0% against sft_terse's 70.5%; correct 55.0% against sft's 60.0%: " \
+           "**no gain beyond style**." in md
+    assert "- old:" not in md                                                   # no correct to read
+    report.write_report(rep, str(tmp_path))
+    assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "nanoinstruct.evaluate", *args], capture_output=True,
                           text=True, cwd=cwd)
@@ -199,6 +295,8 @@ def cli(*args, cwd=ROOT):
     (["--policies=sft=x", "--labeler=nobody"], "--labeler='nobody'"),
     (["--policies=sft=x", "--prompted=base"], "--prompted: base not in --policies"),
     (["--policies=sft=x", "--versus=sft:large"], "--versus: 'sft:large' is not A:B"),
+    (["--policies=sft=x", "--terse=ppo"], "--terse: 'ppo' is not one of --policies"),
+    (["--policies=sft=x,sft_terse=y", "--terse=sft"], "--terse=sft: its row sft_terse is already a --policies name"),
     (["--policies=sft=x", "--prompts=/nonexistent.jsonl"], "--prompts=/nonexistent.jsonl: no such file"),
 ])
 def test_bad_flags_one_line_exit_2(tmp_path, args, message):
@@ -232,15 +330,28 @@ def test_report_files_from_a_real_evaluation(tmp_path):
             "--prompted=other_prompted", f"--prompts={tmp_path / 'eval_prompts.jsonl'}",
             f"--heldout={tmp_path / 'corpus_heldout.jsonl'}", f"--demos={tmp_path / 'sft.jsonl'}",
             f"--seconds={tmp_path / 'secs.txt'}", "--samples=2", "--max_new_tokens=12",
-            "--labeler=heldout,train", "--versus=other:sft,sft:other", f"--out_dir={tmp_path / 'ev'}", "--threads=1")
+            "--labeler=heldout,train", "--versus=other:sft,sft:other,other:sft_terse", "--terse=sft",
+            f"--out_dir={tmp_path / 'ev'}", "--threads=1")
     assert p.returncode == 0, p.stderr
     rep = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert rep["baseline"] == "sft" and rep["labeler"] == "heldout"
-    keys = {"winrate", "gold_score", *evaluate.RATES, "pretrain_loss", "n_params", "mean_length"}
+    keys = {"winrate", "winrate_length_controlled", "gold_score", "correct", "correct_by_family", *evaluate.RATES,
+            "pretrain_loss", "n_params", "mean_length"}
+    assert list(rep["models"]) == ["sft", "sft_terse", "other", "other_prompted"]
     for m in rep["models"].values():
         assert keys <= set(m)
-        assert all(0 <= m[k] <= 1 for k in ("winrate", *evaluate.RATES) if m[k] is not None)
-    assert rep["models"]["sft"]["winrate"] == 0.5
+        assert all(0 <= m[k] <= 1 for k in ("winrate", "winrate_length_controlled", "correct", *evaluate.RATES)
+                   if m[k] is not None)
+        assert set(m["correct_by_family"]) == {r["family"] for r in files["eval_prompts.jsonl"]}
+    assert rep["models"]["sft"]["winrate"] == rep["models"]["sft"]["winrate_length_controlled"] == 0.5
+    recs = {r["prompt"]: r for r in files["eval_prompts.jsonl"]}
+    assert all(e["sft_terse"] == strip_style(recs[e["prompt"]], e["sft"]) for e in rep["examples"])
+    terse, sft = rep["models"]["sft_terse"], rep["models"]["sft"]
+    assert (terse["correct_by_family"], terse["pretrain_loss"]) == (sft["correct_by_family"], sft["pretrain_loss"])
+    assert set(rep["versus"]["other vs sft_terse"]) == {"heldout", "train"}
+    md = (tmp_path / "ev" / "report.md").read_text()
+    assert "Style control: **sft_terse**" in md
+    assert "Under the **train** labeler: sft 50.0% (50.0% with length controlled, gold" in md
     assert rep["labelers"]["train"]["sft"]["winrate"] == 0.5
     for j in ("heldout", "train"):   # head to head: the same comparison as the win rate, both ways
         assert rep["versus"]["other vs sft"][j] == rep["labelers"][j]["other"]["winrate"]
