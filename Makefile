@@ -83,11 +83,12 @@ pipeline:
 	    $(call took,pretrain_large))
 	$(if $(PAPER),$(T0) $(PY) train_sft.py $(SFT) --init=$(DIR)/base_large --out_dir=$(DIR)/sft_large \
 	    --overwrite $(call took,sft_large))
-	$(PY) -m nanoinstruct.evaluate --overwrite --out_dir=$(DIR) --baseline=sft --prompted=base_prompted \
+	$(PY) -m nanoinstruct.evaluate --overwrite --out_dir=$(DIR) --baseline=sft --prompted=base_prompted --terse=sft \
 	    --policies=base=$(DIR)/base,base_prompted=$(DIR)/base,sft=$(DIR)/sft$(if $(PAPER),$(COMMA)sft_large=$(DIR)/sft_large$(COMMA)ppo=$(DIR)/ppo),ppo_ptx=$(DIR)/ppo_ptx \
-	    --labeler=heldout$(if $(PAPER),$(COMMA)train --versus=ppo_ptx:sft_large) --prompts=$(DIR)/data/eval_prompts.jsonl \
+	    --labeler=heldout$(if $(PAPER),$(COMMA)train --versus=ppo_ptx:sft_large$(COMMA)ppo_ptx:sft_terse) --prompts=$(DIR)/data/eval_prompts.jsonl \
 	    --heldout=$(DIR)/data/corpus_heldout.jsonl --demos=$(DIR)/data/sft.jsonl \
 	    --reward=$(DIR)/rm --comparisons=$(DIR)/data/comparisons_val.jsonl --seconds=$(DIR)/seconds.txt
+	$(PY) -m nanoinstruct.plot $(DIR)/base $(DIR)/sft $(DIR)/rm $(DIR)/ppo_ptx
 COMMA := ,
 
 # The PPO loop's speed on the CPU (issue 7's tiny configuration: 2 layers, 2 heads, 64 wide,

@@ -158,7 +158,7 @@ def main(argv=None):
         return total / len(demos)
 
     # the yardstick: how often a second labeler orders the held-out pairs as their labels do
-    second = collect.second_labeler(val)
+    second = collect.second_labeler(val, cfg.val_data)
     agreement = collect.agreement(val, LABELERS[second])[0] if second else None
     n_pairs = sum(len(c["responses"]) * (len(c["responses"]) - 1) // 2 for c in val)
 

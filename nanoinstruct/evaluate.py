@@ -74,7 +74,7 @@ from nanoinstruct import checkpoint, collect, data, losses
 from nanoinstruct.cli import UserError, cli_main, parse_flags
 from nanoinstruct.model import GPT
 from nanoinstruct.report import aggregate, markdown, write_report
-from nanoinstruct.tokenizer import PROMPT_TEMPLATE
+from nanoinstruct.tokenizer import format_prompt
 from nanoinstruct.world import LABELERS, gold_score, judge, strip_style
 
 
@@ -174,16 +174,16 @@ def mean_gold(prompts, responses, labeler):
     return sum(gold_score(rec, y, labeler.weights) for rec, y in zip(prompts, responses, strict=True)) / len(prompts)
 
 
-def fewshot_prefix(demos, shots):
+def fewshot_prefix(demos, shots, template="instruction"):
     """The few-shot prefix: the shortest demonstration of each of `shots` task families
     (the shortest first), in the prompt template, one per line. Deterministic in demos."""
     best = {}
     for r in demos:
-        f = r.get("family", r["prompt"])
-        if f not in best or len(r["prompt"] + r["response"]) < len(best[f]["prompt"] + best[f]["response"]):
-            best[f] = r
-    chosen = sorted(best.values(), key=lambda r: len(r["prompt"] + r["response"]))[:shots]
-    return "".join(PROMPT_TEMPLATE.format(prompt=r["prompt"]) + " " + r["response"] + "\n" for r in chosen)
+        text = format_prompt(r["prompt"], template) + " " + r["response"]
+        f = r.get("family", text)
+        if f not in best or len(text) < len(best[f]):
+            best[f] = text
+    return "".join(t + "\n" for t in sorted(best.values(), key=len)[:shots])
 
 
 @torch.no_grad()
@@ -330,8 +330,7 @@ def main(argv=None):
         if not os.path.isfile(getattr(cfg, flag)):
             raise UserError(f"--{flag}={getattr(cfg, flag)}: no such file")
     prompts = data.read_prompts(cfg.prompts)
-    if "family" not in prompts[0]:
-        raise UserError(f"--prompts={cfg.prompts}: the world's labelers need its prompt metadata (family, answer)")
+    collect.require_world(prompts, cfg.prompts)
     held = [r["text"] for r in data.read_text(cfg.heldout)]
     prefix = fewshot_prefix(data.read_demos(cfg.demos), cfg.shots) if prompted else ""
     if cfg.reward:  # read before the sampling, so that a bad path costs nothing
@@ -387,7 +386,7 @@ def main(argv=None):
         report["versus"] = {f"{a} vs {b}": {j: win_rate(records, responses[a], responses[b], LABELERS[j])
                                              for j in judges} for a, b in versus}
     if cfg.reward:
-        second = collect.second_labeler(comps)
+        second = collect.second_labeler(comps, cfg.comparisons)
         scores = reward_scores(rm.eval(), checkpoint.load_tokenizer(cfg.reward, meta), comps, cfg.device)
         right, n_right = correctness_accuracy(scores, comps)
         report["reward_model"] = {
