@@ -75,7 +75,7 @@ from nanoinstruct.cli import UserError, cli_main, parse_flags
 from nanoinstruct.model import GPT
 from nanoinstruct.report import aggregate, markdown, write_report
 from nanoinstruct.tokenizer import format_prompt
-from nanoinstruct.world import LABELERS, gold_score, judge, strip_style
+from nanoinstruct.world import LABELERS, Labeler, gold_score, judge, strip_style
 
 
 @dataclass
@@ -170,6 +170,41 @@ def win_rate(prompts, responses, baseline_responses, labeler):
     return wins / len(prompts)
 
 
+class RewardJudge:
+    """A reward model as the judge: the paper's proxy for a labeler, for prompts no world
+    labeler can read (a user's own). It ranks responses by its score (a labeler without
+    noise), so win_rate takes it as it takes a world labeler. Scores are cached per (prompt,
+    response) and computed in batches (`score`)."""
+
+    def __init__(self, path, device="cpu", batch_size=32):
+        self.rm, meta = checkpoint.load(path, device)
+        if isinstance(self.rm, GPT):
+            raise UserError(f"--labeler={path}: a language model, not a reward model")
+        self.rm.eval()
+        self.tok, self.path, self.device, self.batch_size = checkpoint.load_tokenizer(path, meta), path, device, batch_size
+        self.cache = {}
+
+    @torch.no_grad()
+    def score(self, prompts, responses):
+        """prompts (records) and responses, aligned -> the reward of each (a list of floats)."""
+        keys = [(json.dumps(p["prompt"]), y) for p, y in zip(prompts, responses, strict=True)]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
+        for i in range(0, len(todo), self.batch_size):
+            chunk = todo[i:i + self.batch_size]
+            ids, mask = data.pack_sequences(self.tok, [json.loads(p) for p, _ in chunk], [y for _, y in chunk])
+            if ids.shape[1] > self.rm.config.block_size:
+                raise UserError(f"--labeler={self.path}: a prompt and response of {ids.shape[1]} tokens exceed the "
+                                f"reward model's block_size {self.rm.config.block_size}; lower --max_new_tokens")
+            for k, s in zip(chunk, self.rm.score(ids.to(self.device), mask.to(self.device)).tolist()):
+                self.cache[k] = s
+        return [self.cache[k] for k in keys]
+
+    def rank(self, rec, responses):
+        """-> indices of responses, best first (ties keep their order)."""
+        s = self.score([rec] * len(responses), responses)
+        return sorted(range(len(responses)), key=lambda i: -s[i])
+
+
 def mean_gold(prompts, responses, labeler):
     return sum(gold_score(rec, y, labeler.weights) for rec, y in zip(prompts, responses, strict=True)) / len(prompts)
 
@@ -228,6 +263,9 @@ def reward_scores(rm, tok, comparisons, device="cpu", batch_size=16):
     out = []
     for i in range(0, len(comparisons), batch_size):
         batch = data.pack_rankings(tok, comparisons[i:i + batch_size])
+        if batch.ids.shape[1] > rm.config.block_size:
+            raise UserError(f"--comparisons: a prompt and response of {batch.ids.shape[1]} tokens exceed the reward "
+                            f"model's block_size {rm.config.block_size}")
         scores = rm.score(batch.ids.to(device), batch.attention_mask.to(device)).cpu()  # (R,)
         out += [row[valid].tolist() for row, valid in zip(scores[batch.rank], batch.valid)]
     return out
@@ -304,8 +342,8 @@ def main(argv=None):
         print(markdown(report))
         return
     t0 = time.perf_counter()
-    policies = parse_policies(cfg.policies)
-    if cfg.baseline not in policies:
+    policies = parse_policies(cfg.policies) if cfg.policies or not cfg.reward else {}   # --reward alone: its accuracy
+    if policies and cfg.baseline not in policies:
         raise UserError(f"--baseline={cfg.baseline!r} is not one of --policies ({', '.join(policies)})")
     prompted = set(filter(None, cfg.prompted.split(",")))
     if prompted - set(policies):
@@ -321,17 +359,28 @@ def main(argv=None):
     for v in versus:
         if len(v) != 2 or not set(v) <= set(rows):
             raise UserError(f"--versus: {':'.join(v)!r} is not A:B with both in --policies (or --terse rows)")
-    judges = cfg.labeler.split(",")
-    for name in judges:
-        if name not in LABELERS:
-            raise UserError(f"--labeler={name!r}: choose from {', '.join(LABELERS)}")
-    for flag in ("prompts", "heldout", *(["demos"] if prompted else []),
-                 *(["comparisons"] if cfg.reward else []), *(["seconds"] if cfg.seconds else [])):
+    for name in filter(None, cfg.labeler.split(",")):
+        if name not in LABELERS and not os.path.isdir(name):
+            raise UserError(f"--labeler={name!r}: neither a world labeler ({', '.join(LABELERS)}) nor a reward "
+                            f"model checkpoint")
+    for flag in (*(["prompts"] if policies else []), *(["heldout"] if policies and cfg.heldout else []),
+                 *(["demos"] if prompted else []), *(["comparisons"] if cfg.reward else []),
+                 *(["seconds"] if cfg.seconds else [])):
         if not os.path.isfile(getattr(cfg, flag)):
             raise UserError(f"--{flag}={getattr(cfg, flag)}: no such file")
-    prompts = data.read_prompts(cfg.prompts)
-    collect.require_world(prompts, cfg.prompts)
-    held = [r["text"] for r in data.read_text(cfg.heldout)]
+    prompts = data.read_prompts(cfg.prompts) if policies else []
+    world = any("family" in p for p in prompts)   # the world's prompts: its labelers can read them
+    if world:
+        collect.require_world(prompts, cfg.prompts)
+    judges = {}                                   # name -> a world labeler, or a reward model judging
+    for name in filter(None, cfg.labeler.split(",")) if policies else []:
+        if name in LABELERS and not world:
+            raise UserError(f"--labeler={name}: the world's labelers read the world's prompt metadata, which "
+                            f"{cfg.prompts} lacks; judge with a reward model instead: --labeler=out/rm")
+        judges[name] = LABELERS[name] if name in LABELERS else RewardJudge(name, cfg.device)
+    if policies and not judges:
+        raise UserError("--labeler: give a judge (heldout, train, or a reward model checkpoint)")
+    held = [r["text"] for r in data.read_text(cfg.heldout)] if policies and cfg.heldout else None
     prefix = fewshot_prefix(data.read_demos(cfg.demos), cfg.shots) if prompted else ""
     if cfg.reward:  # read before the sampling, so that a bad path costs nothing
         rm, meta = checkpoint.load(cfg.reward, cfg.device)
@@ -349,7 +398,8 @@ def main(argv=None):
                 raise UserError(f"--policies: {name}={path} is a {meta['kind']} checkpoint, not a language model")
             model.eval()
             tok = checkpoint.load_tokenizer(path, meta)
-            loaded[path] = (model, tok, pretrain_loss(model, tok, held, cfg.heldout_tokens, cfg.device))
+            data.check_template(prompts, cfg.prompts, tok.template)
+            loaded[path] = (model, tok, held and pretrain_loss(model, tok, held, cfg.heldout_tokens, cfg.device))
         model, tok, ploss = loaded[path]
         fitting = data.fit_prompts(prompts, tok, model.config.block_size - cfg.max_new_tokens
                                    - len(tok.encode(prefix if name in prompted else "")), cfg.prompts)
@@ -357,7 +407,7 @@ def main(argv=None):
             raise UserError(f"--prompts={cfg.prompts}: {len(prompts) - len(fitting)} prompts do not fit "
                             f"{name}'s block_size with --max_new_tokens={cfg.max_new_tokens}; lower it")
         responses[name] = sample(model, tok, prompts, cfg, prefix if name in prompted else "")
-        info[name] = {"pretrain_loss": ploss, "n_params": model.num_params(),
+        info[name] = {**({"pretrain_loss": ploss} if held else {}), "n_params": model.num_params(),
                       "mean_length": sum(len(y.strip()) for y in responses[name]) / len(responses[name])}
         print(f"{name}: {len(responses[name])} responses from {path}", file=sys.stderr, flush=True)
     for name in terse:  # the style control: the same samples, the demonstrators' padding removed
@@ -366,28 +416,36 @@ def main(argv=None):
             len(y) for y in responses[f"{name}_terse"]) / len(records)}
     responses = {row: responses[row] for row in rows}
 
-    # ---- judged by each labeler; the first is the report's ------------------------------
+    # ---- judged by each labeler (or reward model); the first is the report's -------------
     by_labeler = {}
-    for judge_name in judges:
-        lab = LABELERS[judge_name]
+    for judge_name, lab in judges.items():
+        base = responses[cfg.baseline]
+        if isinstance(lab, RewardJudge):  # the proxy: win rates and mean score by the reward model
+            by_labeler[judge_name] = {name: {"winrate": win_rate(records, ys, base, lab),
+                                             "reward_score": sum(lab.score(records, ys)) / len(ys)}
+                                      for name, ys in responses.items()}
+            continue
         by_labeler[judge_name] = {
-            name: {"winrate": win_rate(records, ys, responses[cfg.baseline], lab),
-                   "winrate_length_controlled": win_rate(records, ys, responses[cfg.baseline],
-                                                         length_controlled(lab)),
+            name: {"winrate": win_rate(records, ys, base, lab),
+                   "winrate_length_controlled": win_rate(records, ys, base, length_controlled(lab)),
                    "gold_score": mean_gold(records, ys, lab)} for name, ys in responses.items()}
-    strict = LABELERS[judges[0]].weights.strict      # the report's labeler reads the metadata too
-    models = {name: {**by_labeler[judges[0]][name], **correctness(records, ys, strict),
-                     **metadata(records, ys, strict), **info[name]} for name, ys in responses.items()}
+    first = next(iter(judges.values()), None)
+    strict = isinstance(first, Labeler) and first.weights.strict   # the report's labeler reads the metadata
+    models = {name: {**by_labeler[next(iter(judges))][name],
+                     **(correctness(records, ys, strict) if world else {}),
+                     **(metadata(records, ys, strict) if world else {}), **info[name]}
+              for name, ys in responses.items()}
 
-    report = {"baseline": cfg.baseline, "labeler": judges[0], "models": models}
+    report = {"baseline": cfg.baseline, "labeler": next(iter(judges), None), "models": models}
     if len(judges) > 1:
         report["labelers"] = by_labeler
     if versus:  # {"A vs B": {labeler: A's win rate against B}}
-        report["versus"] = {f"{a} vs {b}": {j: win_rate(records, responses[a], responses[b], LABELERS[j])
-                                             for j in judges} for a, b in versus}
+        report["versus"] = {f"{a} vs {b}": {j: win_rate(records, responses[a], responses[b], lab)
+                                             for j, lab in judges.items()} for a, b in versus}
     if cfg.reward:
         second = collect.second_labeler(comps, cfg.comparisons)
-        scores = reward_scores(rm.eval(), checkpoint.load_tokenizer(cfg.reward, meta), comps, cfg.device)
+        rm_tok = checkpoint.load_tokenizer(cfg.reward, meta)
+        scores = reward_scores(rm.eval(), rm_tok, data.check_template(comps, cfg.comparisons, rm_tok.template), cfg.device)
         right, n_right = correctness_accuracy(scores, comps)
         report["reward_model"] = {
             "accuracy": reward_accuracy(scores),
@@ -395,8 +453,9 @@ def main(argv=None):
             "right_over_wrong": right, "right_over_wrong_pairs": n_right}
     seconds = read_seconds(cfg.seconds) if cfg.seconds else {}
     report["seconds"] = {**seconds, "evaluate": time.perf_counter() - t0}
-    report["examples"] = [{"prompt": p["prompt"], **{n: responses[n][i * cfg.samples] for n in responses}}
-                          for i, p in enumerate(prompts[:8])]
+    if responses:
+        report["examples"] = [{"prompt": p["prompt"], **{n: responses[n][i * cfg.samples] for n in responses}}
+                              for i, p in enumerate(prompts[:8])]
     write_report(report, cfg.out_dir)
     print(markdown(report))
     print(f"-> {report_path}, report.md, report.png")

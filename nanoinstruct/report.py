@@ -7,7 +7,7 @@ import math
 import os
 
 COLUMNS = [("winrate", "win rate", "{:.1%}"), ("winrate_length_controlled", "win rate, no length", "{:.1%}"),
-           ("gold_score", "gold", "{:+.2f}"), ("correct", "correct", "{:.0%}"),
+           ("gold_score", "gold", "{:+.2f}"), ("reward_score", "RM score", "{:+.2f}"), ("correct", "correct", "{:.0%}"),
            ("follows_instruction", "follows", "{:.0%}"), ("constraint_ok", "constraint", "{:.0%}"),
            ("hallucination", "halluc.", "{:.0%}"), ("false_premise_corrected", "premise fixed", "{:.0%}"),
            ("unsafe_refused", "unsafe refused", "{:.0%}"), ("over_refusal", "over-refusal", "{:.0%}"),
@@ -54,14 +54,22 @@ def style_control(models, baseline):
     return lines
 
 
+def judge_name(name):
+    """A world labeler's name, or a reward model's checkpoint path (the paper's proxy)."""
+    return f"the **{name}** labeler" if name in ("heldout", "train") else f"the reward model **{name}**"
+
+
 def markdown(report):
     models, spread = report["models"], report.get("spread", {}).get("models", {})
-    lines = [f"Judged by the **{report['labeler']}** labeler; win rate against **{report['baseline']}**"
-             + (f"; mean ± std over {report['n_seeds']} seeds" if "n_seeds" in report else "") + ".", "",
-             "| model | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
-             "| --- |" + " ---: |" * len(COLUMNS)]
+    columns = [c for c in COLUMNS if any(c[0] in m for m in models.values())]   # the measured ones
+    lines = []
+    if models:
+        lines = [f"Judged by {judge_name(report['labeler'])}; win rate against **{report['baseline']}**"
+                 + (f"; mean ± std over {report['n_seeds']} seeds" if "n_seeds" in report else "") + ".", "",
+                 "| model | " + " | ".join(title for _, title, _ in columns) + " |",
+                 "| --- |" + " ---: |" * len(columns)]
     for name, m in models.items():
-        lines.append(row(name, m, spread.get(name, {}), [(k, fmt) for k, _, fmt in COLUMNS]))
+        lines.append(row(name, m, spread.get(name, {}), [(k, fmt) for k, _, fmt in columns]))
     families = sorted({f for m in models.values() for f in m.get("correct_by_family", {})})
     if families:
         lines += ["", "Correct, by task family:", "", "| model | " + " | ".join(families) + " |",
@@ -72,20 +80,23 @@ def markdown(report):
     lines += style_control(models, report["baseline"])
     for other, by_model in report.get("labelers", {}).items():
         if other != report["labeler"]:
-            lines.append(f"\nUnder the **{other}** labeler: " + ", ".join(
-                f"{n} {cell('{:.1%}', v.get('winrate'))} ({cell('{:.1%}', v.get('winrate_length_controlled'))} "
-                f"with length controlled, gold {cell('{:+.2f}', v.get('gold_score'))})"
+            lines.append(f"\nJudged by {judge_name(other)}: " + ", ".join(
+                f"{n} {cell('{:.1%}', v.get('winrate'))} " + (
+                    f"(RM score {cell('{:+.2f}', v.get('reward_score'))})" if "reward_score" in v else
+                    f"({cell('{:.1%}', v.get('winrate_length_controlled'))} with length controlled, "
+                    f"gold {cell('{:+.2f}', v.get('gold_score'))})")
                 for n, v in by_model.items()) + ".")
     for pair, by_judge in report.get("versus", {}).items():
         s = report.get("spread", {}).get("versus", {}).get(pair, {})
         lines.append(f"\nHead to head, {pair}: " + ", ".join(
-            f"{cell('{:.1%}', w, s.get(j))} ({j} labeler)" for j, w in by_judge.items()) + ".")
+            f"{cell('{:.1%}', w, s.get(j))} ({judge_name(j).replace('**', '')})" for j, w in by_judge.items()) + ".")
     rm = report.get("reward_model")
     if rm:
-        lines.append(f"\nReward model: pairwise accuracy {cell('{:.1%}', rm['accuracy'])} on held-out "
-                     f"comparisons; the labelers agree on {cell('{:.1%}', rm['labeler_agreement'])} of them "
-                     "(inter-labeler agreement, the paper's yardstick; not a ceiling: a model of one "
-                     "labeler can agree with it more often than another labeler does).")
+        lines.append(f"\nReward model: pairwise accuracy {cell('{:.1%}', rm['accuracy'])} on held-out comparisons"
+                     + ("." if rm.get("labeler_agreement") is None else
+                        f"; the labelers agree on {cell('{:.1%}', rm['labeler_agreement'])} of them "
+                        "(inter-labeler agreement, the paper's yardstick; not a ceiling: a model of one "
+                        "labeler can agree with it more often than another labeler does)."))
         if rm.get("right_over_wrong") is not None:
             lines.append(f"On the {rm['right_over_wrong_pairs']:.0f} pairs of which exactly one response is right, "
                          f"it scores the right one higher {cell('{:.1%}', rm['right_over_wrong'])} of the time.")
@@ -96,13 +107,17 @@ def markdown(report):
 
 
 def plot(report, path):
+    if not report["models"]:
+        return
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = list(report["models"])
     spread = report.get("spread", {}).get("models", {})
-    keys = [k for k, _, fmt in COLUMNS if fmt.endswith("%}")]          # the win rates and the rates
-    fig, axes = plt.subplots(1, len(keys), figsize=(2.2 * len(keys), 3.2), sharey=True)
+    keys = [k for k, _, fmt in COLUMNS if fmt.endswith("%}")                 # the win rates and the rates
+            and any(k in m for m in report["models"].values())]
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.2 * max(len(keys), 2), 3.2), sharey=True, squeeze=False)
+    axes = axes[0]
     for ax, k in zip(axes, keys):
         vals = [report["models"][n].get(k) for n in names]
         err = [spread.get(n, {}).get(k) or 0 for n in names] if spread else None
@@ -112,7 +127,7 @@ def plot(report, path):
         ax.set_ylim(0, 1)
         if k.startswith("winrate"):
             ax.axhline(0.5, color="gray", lw=0.8, ls="--")
-    fig.suptitle(f"vs {report['baseline']}, {report['labeler']} labeler", fontsize=9)
+    fig.suptitle(f"vs {report['baseline']}, judged by {judge_name(report['labeler']).replace('**', '')}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,19 +1,27 @@
-"""Sample from a checkpoint on the command line, or measure sampling speed.
+"""Sample from a checkpoint on the command line or over a prompts file, or measure sampling speed.
 
     python -m nanoinstruct.sample --ckpt=out/sft --prompt="Reverse the word cat."
+    python -m nanoinstruct.sample --ckpt=out/ppo --prompts=my_prompts.jsonl --out=samples.jsonl
     python -m nanoinstruct.sample --bench            # KV cache vs recomputing, tiny preset
+
+--prompts reads any format data.py reads prompts from (prompt-only, demonstrations, chat
+messages, pairs, HH-RLHF dialogues) and writes --n samples per prompt to --out, one line
+each: the prompt's record with its "response" and "sample" (0 .. n-1), the demonstrations
+format, so the file can be read back as demonstrations or judged (evaluate, collect).
 
 The bench builds a random model of the given preset, samples greedily with the KV cache
 and by recomputing the whole sequence every step, checks that both give the same tokens,
 and prints tokens/s for each.
 """
 
+import os
 import time
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
-from nanoinstruct import checkpoint
+from nanoinstruct import checkpoint, data
 from nanoinstruct.cli import UserError, cli_main, parse_flags
 from nanoinstruct.model import GPT, PRESETS, GPTConfig, sample_token
 from nanoinstruct.tokenizer import get_tokenizer
@@ -23,6 +31,9 @@ from nanoinstruct.tokenizer import get_tokenizer
 class Config:
     ckpt: str = ""               # checkpoint directory to sample from
     prompt: str = ""             # the instruction; it is wrapped in the prompt template
+    prompts: str = ""            # or a JSONL file of prompts (any format data.py reads) ...
+    out: str = ""                # ... sampled into this JSONL file (it must not exist)
+    batch_size: int = 64         # --prompts: rows sampled together
     n: int = 4                   # samples
     max_new_tokens: int = 64
     temperature: float = 0.7
@@ -75,19 +86,44 @@ def bench(cfg):
 
 
 @torch.no_grad()
-def main():
-    cfg = parse_flags(Config)
+def sample_file(model, tok, cfg):
+    """--prompts -> --out: n samples of every prompt that fits, in batches, one line each."""
+    prompts = data.check_template(data.read_prompts(cfg.prompts), cfg.prompts, tok.template)
+    room = model.config.block_size - cfg.max_new_tokens
+    if room < 1:
+        raise UserError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in block_size "
+                        f"{model.config.block_size}")
+    prompts = data.fit_prompts(prompts, tok, room, cfg.prompts)
+    rows = [(r, s) for r in prompts for s in range(cfg.n)]
+    g, out = torch.Generator().manual_seed(cfg.seed), []
+    for i in tqdm(range(0, len(rows), cfg.batch_size), desc="sample", disable=None, leave=False):
+        batch = rows[i:i + cfg.batch_size]
+        ids, mask = data.left_pad([tok.encode_prompt(r["prompt"]) for r, _ in batch], tok.pad_id)
+        y, _ = model.generate(ids, mask, cfg.max_new_tokens, tok.eos_id, tok.pad_id, tok.n_vocab,
+                              cfg.temperature, cfg.top_k, cfg.top_p, generator=g)
+        out += [{**r, "response": tok.decode_response(row), "sample": s} for (r, s), row in zip(batch, y.tolist())]
+    data.write_jsonl(cfg.out, out)
+    print(f"{cfg.out}: {len(out)} samples ({cfg.n} of each of {len(prompts)} prompts)")
+
+
+@torch.no_grad()
+def main(argv=None):
+    cfg = parse_flags(Config, argv)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.bench:
         return bench(cfg)
-    if not cfg.ckpt or not cfg.prompt:
-        raise UserError("--ckpt and --prompt are required (or --bench)")
+    if not cfg.ckpt or not (cfg.prompt or cfg.prompts) or bool(cfg.prompts) != bool(cfg.out):
+        raise UserError("--ckpt and --prompt (or --prompts and --out) are required (or --bench)")
+    if cfg.out and os.path.exists(cfg.out):
+        raise UserError(f"--out={cfg.out}: exists; not overwriting")
     model, meta = checkpoint.load(cfg.ckpt)
     if not isinstance(model, GPT):
         raise UserError(f"--ckpt={cfg.ckpt}: a {meta['kind']} model has no language-model head")
     tok = checkpoint.load_tokenizer(cfg.ckpt, meta)
     model.eval()
+    if cfg.prompts:
+        return sample_file(model, tok, cfg)
     prompt = torch.tensor([tok.encode_prompt(cfg.prompt)] * cfg.n)
     room = model.config.block_size - prompt.shape[1]
     if room < 1:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from nanoinstruct import checkpoint, data, evaluate, report
+from nanoinstruct.cli import UserError
 from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
 from nanoinstruct.tokenizer import get_tokenizer
 from nanoinstruct.world import LABELERS, REFUSAL, USE_CASE, demonstrate, gold_score, make_prompt, strip_style
@@ -202,6 +203,8 @@ def test_reward_accuracy_against_scoring_each_response_alone():
 
 def test_correctness_accuracy_on_a_length_reward():
     class LengthRM:  # the reward is the sequence's length: it prefers long answers, right or wrong
+        config = GPTConfig(1, 1, 8, 258, 256)
+
         def score(self, ids, mask):
             return mask.sum(1).float()
 
@@ -267,9 +270,9 @@ def test_report_new_columns_missing_values_and_style_control(tmp_path):
         "shorter": model(0.72, 0.45, 0.55, {"add": 0.5, "parity": 0.6}),         # beats the control, less right
         "old": {"winrate": 0.55, "hallucination": None}}}                        # a report from before
     md = report.markdown(rep)
-    assert "| model | win rate | win rate, no length | gold | correct |" in md
-    assert "| sft_terse | 70.5% | 50.0% |  | 60% |" in md
-    assert "| old | 55.0% |  |  |  |  |  | n/a |" in md                           # missing: empty; None: n/a
+    assert "| model | win rate | win rate, no length | correct | halluc. |\n" in md   # the measured columns
+    assert "| sft_terse | 70.5% | 50.0% | 60% |  |" in md
+    assert "| old | 55.0% |  |  | n/a |" in md                                   # missing: empty; None: n/a
     assert "| model | add | parity |" in md and "| ppo_ptx | 40% |  |" in md and "| old |  |  |" in md
     assert "Style control: **sft_terse**" in md
     assert "- ppo_ptx: win rate 60.8% against sft_terse's 70.5%; correct 58.0% against sft's 60.0%: " \
@@ -351,7 +354,7 @@ def test_report_files_from_a_real_evaluation(tmp_path):
     assert set(rep["versus"]["other vs sft_terse"]) == {"heldout", "train"}
     md = (tmp_path / "ev" / "report.md").read_text()
     assert "Style control: **sft_terse**" in md
-    assert "Under the **train** labeler: sft 50.0% (50.0% with length controlled, gold" in md
+    assert "Judged by the **train** labeler: sft 50.0% (50.0% with length controlled, gold" in md
     assert rep["labelers"]["train"]["sft"]["winrate"] == 0.5
     for j in ("heldout", "train"):   # head to head: the same comparison as the win rate, both ways
         assert rep["versus"]["other vs sft"][j] == rep["labelers"][j]["other"]["winrate"]
@@ -362,3 +365,57 @@ def test_report_files_from_a_real_evaluation(tmp_path):
     assert rep["seconds"]["pretrain"] == 12.5 and rep["seconds"]["evaluate"] > 0
     assert "| other_prompted |" in (tmp_path / "ev" / "report.md").read_text()
     assert (tmp_path / "ev" / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_user_prompts_judged_by_a_reward_model(tmp_path):
+    """A user's prompts (no world metadata; chat and dialogue prompts): the world's labelers
+    cannot read them, a reward model judges (the paper's proxy): each win is the policy's
+    response scoring above the baseline's on the same prompt, ties half; no world measurement."""
+    tok = get_tokenizer("bytes", "dialogue")
+    lines = [{"prompt": "Hi there"}, {"messages": [{"role": "user", "content": "Add 2 and 3."}]},
+             {"chosen": "\n\nHuman: Hello\n\nAssistant: Hey.\n\nHuman: Bye\n\nAssistant: See you.",
+              "rejected": "\n\nHuman: Hello\n\nAssistant: Hey.\n\nHuman: Bye\n\nAssistant: No."}]
+    (tmp_path / "user.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    torch.manual_seed(0)
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=320, block_size=128, n_real=257)
+    for name in ("a", "b"):
+        checkpoint.save(str(tmp_path / name), GPT(cfg), {}, tokenizer=tok)
+    checkpoint.save(str(tmp_path / "rm"), ScalarGPT(cfg), {"normalized": True}, tokenizer=tok)
+    args = [f"--policies=sft={tmp_path / 'a'},other={tmp_path / 'b'}", f"--prompts={tmp_path / 'user.jsonl'}",
+            "--heldout=", "--samples=3", "--max_new_tokens=8", "--threads=1"]
+    with pytest.raises(UserError, match="--labeler=heldout: the world's labelers read the world's prompt metadata"):
+        evaluate.main(args + [f"--out_dir={tmp_path / 'no'}"])
+    evaluate.main(args + [f"--labeler={tmp_path / 'rm'}", f"--out_dir={tmp_path / 'ev'}"])
+    rep = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert rep["labeler"] == str(tmp_path / "rm")
+    other = rep["models"]["other"]
+    assert set(other) == {"winrate", "reward_score", "n_params", "mean_length"}
+    assert rep["models"]["sft"]["winrate"] == 0.5
+    # by hand: the reward model's score of each response, the same responses the report saw
+    judge = evaluate.RewardJudge(str(tmp_path / "rm"))
+    prompts = [r for r in data.read_prompts(str(tmp_path / "user.jsonl")) for _ in range(3)]
+    model_a, _ = checkpoint.load(str(tmp_path / "a"))
+    model_b, _ = checkpoint.load(str(tmp_path / "b"))
+    conf = evaluate.Config(samples=3, max_new_tokens=8)
+    ya = evaluate.sample(model_a.eval(), tok, prompts[::3], conf)
+    yb = evaluate.sample(model_b.eval(), tok, prompts[::3], conf)
+    sa, sb = judge.score(prompts, ya), judge.score(prompts, yb)
+    wins = sum(0.5 if x.strip() == y.strip() else float(s > t) for x, y, s, t in zip(yb, ya, sb, sa))
+    assert other["winrate"] == pytest.approx(wins / len(prompts))
+    assert other["reward_score"] == pytest.approx(sum(sb) / len(sb))
+    assert "Judged by the reward model" in (tmp_path / "ev" / "report.md").read_text()
+
+
+def test_reward_model_accuracy_on_comparisons_alone(tmp_path):
+    tok = get_tokenizer("bytes")
+    checkpoint.save(str(tmp_path / "rm"), ScalarGPT(GPTConfig(1, 2, 32, 320, 128, n_real=257)), {}, tokenizer=tok)
+    pairs = [{"prompt": f"q{i}", "chosen": "yes" * (i % 3 + 1), "rejected": "no"} for i in range(6)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in pairs))
+    evaluate.main([f"--reward={tmp_path / 'rm'}", f"--comparisons={tmp_path / 'pairs.jsonl'}",
+                   f"--out_dir={tmp_path / 'ev'}"])
+    rep = json.loads((tmp_path / "ev" / "report.json").read_text())
+    rm, _ = checkpoint.load(str(tmp_path / "rm"))
+    scores = evaluate.reward_scores(rm.eval(), tok, data.read_comparisons(str(tmp_path / "pairs.jsonl")))
+    assert rep["models"] == {} and rep["reward_model"]["accuracy"] == evaluate.reward_accuracy(scores)
+    assert rep["reward_model"]["right_over_wrong"] is None and rep["reward_model"]["labeler_agreement"] is None
+    assert "Reward model: pairwise accuracy" in (tmp_path / "ev" / "report.md").read_text()
