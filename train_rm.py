@@ -13,7 +13,9 @@ default; the paper found more overfit. K may differ between prompts; the pair fo
 
 The loss only sees reward differences, so the head's bias gets no gradient. After
 training it is set so that the demonstrations (--demos) score 0 on average, as the paper
-did before RL; the checkpoint's output is then the normalised reward.
+did before RL; the checkpoint's output is then the normalised reward. Without --demos (data
+that comes with none, as HH-RLHF), the preferred response of each training comparison
+stands in for a demonstration, and the log says so.
 
 Evaluation: pairwise accuracy on the held-out comparisons, over all pairs. When the data
 are the world's, the held-out rankings are also compared with the other world labeler's:
@@ -44,7 +46,7 @@ from nanoinstruct.world import LABELERS
 class Config:
     data: str = "data/world/comparisons.jsonl"         # K-way comparisons (or chosen/rejected pairs)
     val_data: str = "data/world/comparisons_val.jsonl"
-    demos: str = "data/world/sft.jsonl"      # demonstrations: the reward is shifted so they average 0
+    demos: str = ""                          # demonstrations, shifted to average reward 0 ("": the preferred responses)
     out_dir: str = "out/rm"
     init: str = "out/sft"                    # the SFT model (or an RM checkpoint, a preset, an HF dir)
     tokenizer: str = ""                 # "": bytes for a preset, an HF dir's own files; checkpoints carry theirs
@@ -110,10 +112,15 @@ def main(argv=None):
         return kept
 
     train, val = load(cfg.data), load(cfg.val_data)
-    demos = [r for r in data.check_template(data.read_demos(cfg.demos), cfg.demos, tok.template)
-             if fits(r["prompt"], [r["response"]])]
-    if not demos:
-        raise UserError(f"{cfg.demos}: no demonstration fits in block_size {T}")
+    if cfg.demos:  # what the reward is normalised on: (prompt, response) pairs that should score 0
+        demos = [(r["prompt"], r["response"]) for r in data.check_template(data.read_demos(cfg.demos), cfg.demos,
+                                                                            tok.template) if fits(r["prompt"], [r["response"]])]
+        if not demos:
+            raise UserError(f"{cfg.demos}: no demonstration fits in block_size {T}")
+        norm_on = f"the demonstrations of {cfg.demos}"
+    else:
+        demos = [(c["prompt"], c["responses"][c["ranking"][0]]) for c in train]
+        norm_on = f"the preferred responses of {cfg.data} (no --demos)"
     N = len(train)
     B, A, W = cfg.batch_size, cfg.grad_accum, d.world_size
     max_iters = math.ceil(cfg.epochs * N / (B * A * W))
@@ -150,7 +157,7 @@ def main(argv=None):
         total = 0.0
         for i in range(0, len(demos), B * 4):
             chunk = demos[i:i + B * 4]
-            ids, mask = data.pack_sequences(tok, [r["prompt"] for r in chunk], [r["response"] for r in chunk])
+            ids, mask = data.pack_sequences(tok, [p for p, _ in chunk], [y for _, y in chunk])
             ids, mask = ids.to(d.device), mask.to(d.device)
             with run.autocast(d.device):
                 total += model.score(ids, mask).sum().item()
@@ -242,7 +249,7 @@ def main(argv=None):
             line += (f" (inter-labeler agreement {100 * agreement:.1f}%; against the {second} "
                      f"labeler {100 * final['val_accuracy_second_labeler']:.1f}%)")
         run.log_metrics(cfg.out_dir, final)
-        print(f"normalised: demonstrations' mean reward {before:+.4f} -> {after:+.2e}", flush=True)
+        print(f"normalised on {norm_on}: mean reward {before:+.4f} -> {after:+.2e}", flush=True)
         checkpoint.save(ckpt, model, {"run": asdict(cfg), "normalized": True, **final},
                         resume={"optimizer": optimizer.state_dict(), "iter": it}, tokenizer=tok)
         print(f"done: reward model {it} steps, val loss {val_loss:.4f}, {line}, "

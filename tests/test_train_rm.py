@@ -119,6 +119,17 @@ def test_tiny_run_beats_chance_and_normalises(world, tmp_path):
     assert meta["normalized"] and meta["val_accuracy"] == final["val_accuracy"]
 
 
+def test_without_demos_normalises_on_the_preferred_responses(world, tmp_path, capsys):
+    out = tmp_path / "rm"
+    train_rm.main([a for a in flags(world, out, "--epochs=0.2", "--batch_size=8") if not a.startswith("--demos")])
+    assert "normalised on the preferred responses of" in capsys.readouterr().out
+    model, meta = checkpoint.load(str(out))
+    best = [(c["prompt"], c["responses"][c["ranking"][0]]) for c in data.read_comparisons(str(world / "cmp.jsonl"))]
+    ids, mask = data.pack_sequences(get_tokenizer(), [p for p, _ in best], [y for _, y in best])
+    with torch.no_grad():
+        assert abs(model.score(ids, mask).mean().item()) < 1e-5 and abs(meta["demo_mean_before"]) > 1e-3
+
+
 def test_pairs_are_k2_and_resume_is_bit_identical(world, tmp_path, monkeypatch):
     pairs = [{"prompt": c["prompt"], "chosen": c["responses"][c["ranking"][0]],
               "rejected": c["responses"][c["ranking"][-1]]}
