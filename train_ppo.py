@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 import kernels
-from nanoinstruct import checkpoint, data, distributed, losses, run, world
+from nanoinstruct import batching, checkpoint, data, distributed, losses, run, world
 from nanoinstruct.cli import UserError, cli_main, parse_flags
 from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
 from nanoinstruct.tokenizer import get_tokenizer
@@ -149,7 +149,7 @@ def main(argv=None):
             raise UserError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in a context "
                             f"of {block} tokens (the smallest block_size of policy, reward model and value)")
         records = data.check_template(data.read_prompts(cfg.prompts), cfg.prompts, tok.template)
-        records = data.fit_prompts(records, tok, block - cfg.max_new_tokens, cfg.prompts)
+        records = batching.fit_prompts(records, tok, block - cfg.max_new_tokens, cfg.prompts)
         prompts = [tok.encode_prompt(r["prompt"]) for r in records]
     # the policy starts as an exact copy of the reference (a resumed one from its checkpoint)
     policy = run.init_gpt(ckpt, cfg.tokenizer, 0.0, template=cfg.template)[0] if cfg.resume else copy.deepcopy(ref)
@@ -162,7 +162,7 @@ def main(argv=None):
     ptx_rows = None
     if cfg.ptx_coef > 0:
         texts = [r["text"] for r in data.read_text(cfg.ptx_data)]
-        ptx_rows = data.pack_documents(tok, texts, min(cfg.ptx_block_size, policy.config.block_size))
+        ptx_rows = batching.pack_documents(tok, texts, min(cfg.ptx_block_size, policy.config.block_size))
 
     B, M, W = cfg.batch_size, cfg.batch_size // cfg.minibatches, d.world_size
     index_at = run.epoch_sampler(range(len(prompts)), cfg.seed)   # global rollout position -> prompt
@@ -217,11 +217,11 @@ def main(argv=None):
         g_cpu = torch.Generator().manual_seed(seed)               # minibatch shuffles, pretraining rows
         # 1. rollout
         batch = [index_at((it * W + d.rank) * B + i) for i in range(B)]
-        p_ids, p_mask = data.left_pad([prompts[i] for i in batch], tok.pad_id)  # (B, P)
+        p_ids, p_mask = batching.left_pad([prompts[i] for i in batch], tok.pad_id)  # (B, P)
         p_ids, p_mask, P = p_ids.to(dev), p_mask.to(dev), p_ids.shape[1]
         response, r_mask = policy.generate(p_ids, p_mask, cfg.max_new_tokens, tok.eos_id, tok.pad_id,
                                            tok.n_vocab, cfg.temperature, generator=g)  # (B, N)
-        ids, mask = data.join(p_ids, p_mask, response, r_mask)                # (B, P+N)
+        ids, mask = batching.join(p_ids, p_mask, response, r_mask)                # (B, P+N)
         # 2.-3. log-probs, entropy, values, scores: in the update's minibatches, no grad
         with torch.no_grad():
             logp, ent, ref_logp, old_values, scores = [], [], [], [], []

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nanoinstruct import checkpoint, collect, data, distributed, losses, run
+from nanoinstruct import batching, checkpoint, collect, data, distributed, losses, run
 from nanoinstruct.cli import UserError, cli_main, parse_flags
 from nanoinstruct.model import last_index
 from nanoinstruct.world import LABELERS
@@ -130,7 +130,7 @@ def main(argv=None):
 
     def rewards(net, comparisons):
         """-> rewards (P, K) best to worst, valid (P, K): one forward pass per response."""
-        batch = data.pack_rankings(tok, comparisons)
+        batch = batching.pack_rankings(tok, comparisons)
         ids, mask = batch.ids.to(d.device), batch.attention_mask.to(d.device)
         with run.autocast(d.device):
             values = net(ids, mask)                                   # (R, T) a scalar per position
@@ -157,7 +157,7 @@ def main(argv=None):
         total = 0.0
         for i in range(0, len(demos), B * 4):
             chunk = demos[i:i + B * 4]
-            ids, mask = data.pack_sequences(tok, [p for p, _ in chunk], [y for _, y in chunk])
+            ids, mask = batching.pack_sequences(tok, [p for p, _ in chunk], [y for _, y in chunk])
             ids, mask = ids.to(d.device), mask.to(d.device)
             with run.autocast(d.device):
                 total += model.score(ids, mask).sum().item()

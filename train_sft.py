@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nanoinstruct import checkpoint, data, distributed, losses, run
+from nanoinstruct import batching, checkpoint, data, distributed, losses, run
 from nanoinstruct.cli import UserError, cli_main, parse_flags
 
 
@@ -84,10 +84,10 @@ def main(argv=None):
     # ---- data: a list of examples, each a (tokens, loss mask) pair ----------------------
     def load(path):
         if cfg.mode == "pretrain":
-            rows = data.pack_documents(tok, [r["text"] for r in data.read_text(path)], T)
+            rows = batching.pack_documents(tok, [r["text"] for r in data.read_text(path)], T)
             return [(row, torch.ones(T)) for row in rows]                     # (T+1,), (T,)
         demos = data.check_template(data.read_demos(path), path, tok.template)
-        out = [ex for ex in (data.sft_example(tok, r["prompt"], r["response"]) for r in demos)
+        out = [ex for ex in (batching.sft_example(tok, r["prompt"], r["response"]) for r in demos)
                if len(ex[1]) <= T]
         if len(out) < len(demos):
             distributed.print0(d, f"{path}: {len(demos) - len(out)} of {len(demos)} demonstrations "

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nanoinstruct import checkpoint, data
+from nanoinstruct import batching, checkpoint, data
 from nanoinstruct.cli import UserError, cli_main, parse_flags
 from nanoinstruct.model import GPT
 from nanoinstruct.world import LABELERS, MIX
@@ -140,7 +140,7 @@ def main(argv=None):
         require_world(prompts, cfg.prompts, f"the {cfg.labeler} labeler needs the world's prompt "
                                             f"metadata; use --labeler=human for other prompts")
     data.check_template(prompts, cfg.prompts, tok.template)
-    prompts = data.fit_prompts(prompts, tok, policy.config.block_size - cfg.max_new_tokens, cfg.prompts)
+    prompts = batching.fit_prompts(prompts, tok, policy.config.block_size - cfg.max_new_tokens, cfg.prompts)
     data.repair_tail(cfg.out)                  # a torn last line from a killed run
     done = data.read_comparisons(cfg.out) if os.path.exists(cfg.out) and os.path.getsize(cfg.out) else []
     second_labeler(done, cfg.out)              # checks the world's records already there
@@ -152,7 +152,7 @@ def main(argv=None):
     labeler = LABELERS.get(cfg.labeler)
     for start in range(0, len(todo), cfg.batch_size):
         batch = todo[start:start + cfg.batch_size]
-        ids, mask = data.left_pad([tok.encode_prompt(p["prompt"]) for p in batch for _ in range(cfg.k)],
+        ids, mask = batching.left_pad([tok.encode_prompt(p["prompt"]) for p in batch for _ in range(cfg.k)],
                                   tok.pad_id)
         g = torch.Generator(cfg.device).manual_seed(cfg.seed * 1_000_003 + len(done) + start)
         out, _ = policy.generate(ids.to(cfg.device), mask.to(cfg.device), cfg.max_new_tokens,

@@ -70,7 +70,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from nanoinstruct import checkpoint, collect, data, losses
+from nanoinstruct import batching, checkpoint, collect, data, losses
 from nanoinstruct.cli import UserError, cli_main, parse_flags
 from nanoinstruct.model import GPT
 from nanoinstruct.report import aggregate, markdown, write_report
@@ -191,7 +191,7 @@ class RewardJudge:
         todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
         for i in range(0, len(todo), self.batch_size):
             chunk = todo[i:i + self.batch_size]
-            ids, mask = data.pack_sequences(self.tok, [json.loads(p) for p, _ in chunk], [y for _, y in chunk])
+            ids, mask = batching.pack_sequences(self.tok, [json.loads(p) for p, _ in chunk], [y for _, y in chunk])
             if ids.shape[1] > self.rm.config.block_size:
                 raise UserError(f"--labeler={self.path}: a prompt and response of {ids.shape[1]} tokens exceed the "
                                 f"reward model's block_size {self.rm.config.block_size}; lower --max_new_tokens")
@@ -234,7 +234,7 @@ def sample(model, tok, prompts, cfg, prefix=""):
     g = torch.Generator(cfg.device).manual_seed(cfg.seed)
     out = []
     for i in range(0, len(rows), cfg.batch_size):
-        ids, mask = data.left_pad(rows[i:i + cfg.batch_size], tok.pad_id)
+        ids, mask = batching.left_pad(rows[i:i + cfg.batch_size], tok.pad_id)
         y, _ = model.generate(ids.to(cfg.device), mask.to(cfg.device), n_new, tok.eos_id, tok.pad_id,
                               tok.n_vocab, cfg.temperature, generator=g)
         out += [tok.decode_response(row) for row in y.tolist()]
@@ -245,7 +245,7 @@ def sample(model, tok, prompts, cfg, prefix=""):
 def pretrain_loss(model, tok, texts, max_tokens, device="cpu", batch_size=16):
     """Mean -log p per token (nats) on pretraining text, in rows of block_size as
     pretraining saw them."""
-    rows = data.pack_documents(tok, texts, model.config.block_size)       # (N, T+1)
+    rows = batching.pack_documents(tok, texts, model.config.block_size)       # (N, T+1)
     if max_tokens:
         rows = rows[:max(1, max_tokens // model.config.block_size)]
     total = 0.0
@@ -259,10 +259,10 @@ def pretrain_loss(model, tok, texts, max_tokens, device="cpu", batch_size=16):
 @torch.no_grad()
 def reward_scores(rm, tok, comparisons, device="cpu", batch_size=16):
     """-> the reward model's score of every response: one list per comparison, best first
-    (data.pack_rankings' layout, the one train_rm.py scores)."""
+    (batching.pack_rankings' layout, the one train_rm.py scores)."""
     out = []
     for i in range(0, len(comparisons), batch_size):
-        batch = data.pack_rankings(tok, comparisons[i:i + batch_size])
+        batch = batching.pack_rankings(tok, comparisons[i:i + batch_size])
         if batch.ids.shape[1] > rm.config.block_size:
             raise UserError(f"--comparisons: a prompt and response of {batch.ids.shape[1]} tokens exceed the reward "
                             f"model's block_size {rm.config.block_size}")
@@ -401,7 +401,7 @@ def main(argv=None):
             data.check_template(prompts, cfg.prompts, tok.template)
             loaded[path] = (model, tok, held and pretrain_loss(model, tok, held, cfg.heldout_tokens, cfg.device))
         model, tok, ploss = loaded[path]
-        fitting = data.fit_prompts(prompts, tok, model.config.block_size - cfg.max_new_tokens
+        fitting = batching.fit_prompts(prompts, tok, model.config.block_size - cfg.max_new_tokens
                                    - len(tok.encode(prefix if name in prompted else "")), cfg.prompts)
         if len(fitting) < len(prompts):
             raise UserError(f"--prompts={cfg.prompts}: {len(prompts) - len(fitting)} prompts do not fit "

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from nanoinstruct import checkpoint, data
+from nanoinstruct import batching, checkpoint, data
 from nanoinstruct.cli import UserError, cli_main, parse_flags
 from nanoinstruct.model import GPT, PRESETS, GPTConfig, sample_token
 from nanoinstruct.tokenizer import get_tokenizer
@@ -93,12 +93,12 @@ def sample_file(model, tok, cfg):
     if room < 1:
         raise UserError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in block_size "
                         f"{model.config.block_size}")
-    prompts = data.fit_prompts(prompts, tok, room, cfg.prompts)
+    prompts = batching.fit_prompts(prompts, tok, room, cfg.prompts)
     rows = [(r, s) for r in prompts for s in range(cfg.n)]
     g, out = torch.Generator().manual_seed(cfg.seed), []
     for i in tqdm(range(0, len(rows), cfg.batch_size), desc="sample", disable=None, leave=False):
         batch = rows[i:i + cfg.batch_size]
-        ids, mask = data.left_pad([tok.encode_prompt(r["prompt"]) for r, _ in batch], tok.pad_id)
+        ids, mask = batching.left_pad([tok.encode_prompt(r["prompt"]) for r, _ in batch], tok.pad_id)
         y, _ = model.generate(ids, mask, cfg.max_new_tokens, tok.eos_id, tok.pad_id, tok.n_vocab,
                               cfg.temperature, cfg.top_k, cfg.top_p, generator=g)
         out += [{**r, "response": tok.decode_response(row), "sample": s} for (r, s), row in zip(batch, y.tolist())]

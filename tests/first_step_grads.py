@@ -37,7 +37,7 @@ def capture(self, *args, **kwargs):
 torch.optim.AdamW.step = capture
 
 if os.environ.get("FIXED_ROLLOUTS"):  # PPO: rollouts that depend on the prompt alone
-    from nanoinstruct.data import right_pad
+    from nanoinstruct.batching import right_pad
     from nanoinstruct.model import GPT
 
     def fixed_rollouts(self, prompt, prompt_mask, max_new_tokens, eos_id, pad_id, *args, **kwargs):

@@ -9,24 +9,18 @@ import pytest
 import torch
 
 from nanoinstruct.cli import UserError
+from nanoinstruct.batching import fit_prompts, join, left_pad, pack_documents, pack_pairs, right_pad
 from nanoinstruct.data import (
+    _dumps,
     append_jsonl,
-    fit_prompts,
-    read_jsonl,
-    join,
-    left_pad,
-    pack_documents,
-    pack_pairs,
     read_comparisons,
     read_demos,
     read_prompts,
     read_text,
     repair_tail,
     require,
-    right_pad,
     write_jsonl,
 )
-from nanoinstruct.data import _dumps
 from nanoinstruct.model import GPT, GPTConfig, last_index
 from nanoinstruct.tokenizer import PROMPT_TEMPLATE, get_tokenizer
 

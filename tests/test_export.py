@@ -1,7 +1,6 @@
 """python -m nanoinstruct.export: a checkpoint (policy or reward model) -> a Hugging Face directory."""
 
 import base64
-import json
 import os
 
 import pytest

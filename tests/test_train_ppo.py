@@ -11,7 +11,7 @@ import torch
 from helpers import first_step_grads, kill_at_step, relative_error
 
 import train_ppo
-from nanoinstruct import checkpoint, data, losses, run
+from nanoinstruct import batching, checkpoint, data, losses, run
 from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
 from nanoinstruct.tokenizer import get_tokenizer
 from nanoinstruct.world import LABELERS, build, gold_score
@@ -179,7 +179,7 @@ def test_gold_is_the_worlds_score_of_the_rollouts(world, tmp_path, monkeypatch):
         return ids, torch.ones(ids.shape)
     monkeypatch.setattr(GPT, "generate", says_odd)
     train_ppo.main(flags(world, tmp_path / "g", "--max_iters=2", "--ppo_epochs=1"))
-    records = data.fit_prompts(data.read_prompts(str(world / "prompts.jsonl")), tok, 96 - 16, "")
+    records = batching.fit_prompts(data.read_prompts(str(world / "prompts.jsonl")), tok, 96 - 16, "")
     at = run.epoch_sampler(range(len(records)), 1337)
     w = LABELERS["train"].weights
     for it, row in enumerate(metrics(tmp_path / "g")):

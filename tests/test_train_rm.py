@@ -12,7 +12,7 @@ import torch
 from helpers import first_step_grads, kill_at_step, relative_error
 
 import train_rm
-from nanoinstruct import checkpoint, collect, data, losses
+from nanoinstruct import batching, checkpoint, collect, data, losses
 from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
 from nanoinstruct.tokenizer import get_tokenizer
 from nanoinstruct.world import LABELERS, build, demonstrate, flawed
@@ -87,7 +87,7 @@ def test_order_of_responses_in_the_file_does_not_matter():
     other = {"prompt": "Is 7 odd?", "responses": ["odd", "even"], "ranking": [0, 1]}
 
     def loss(comparisons):
-        b = data.pack_rankings(tok, comparisons)
+        b = batching.pack_rankings(tok, comparisons)
         with torch.no_grad():
             scores = model.score(b.ids, b.attention_mask)
         return losses.ranking_loss(scores[b.rank], b.valid)
@@ -95,7 +95,7 @@ def test_order_of_responses_in_the_file_does_not_matter():
     assert loss([c, other]).item() == loss([moved, other]).item()
     wrong = {**moved, "ranking": c["ranking"]}           # permuted responses, ranking not remapped
     assert loss([wrong, other]).item() != loss([c, other]).item()
-    b = data.pack_rankings(tok, [other, c])
+    b = batching.pack_rankings(tok, [other, c])
     assert b.rank.tolist() == [[0, 1, 0, 0], [2, 3, 4, 5]] and b.valid.sum(1).tolist() == [2, 4]
     assert tok.decode(b.ids[2][b.attention_mask[2].bool()].tolist()) == tok.decode(
         tok.encode_prompt("Add 2 and 3.") + tok.encode_response("5"))             # c's best first
@@ -112,7 +112,7 @@ def test_tiny_run_beats_chance_and_normalises(world, tmp_path):
     # the checkpoint's output is the normalised reward: the demonstrations average 0
     model, meta = checkpoint.load(str(out))
     demos = data.read_demos(str(world / "sft.jsonl"))
-    ids, mask = data.pack_sequences(get_tokenizer(), [r["prompt"] for r in demos], [r["response"] for r in demos])
+    ids, mask = batching.pack_sequences(get_tokenizer(), [r["prompt"] for r in demos], [r["response"] for r in demos])
     with torch.no_grad():
         mean = model.score(ids, mask).mean().item()
     assert abs(mean) < 1e-5 and abs(meta["demo_mean_before"]) > 1e-3, (mean, meta["demo_mean_before"])
@@ -125,7 +125,7 @@ def test_without_demos_normalises_on_the_preferred_responses(world, tmp_path, ca
     assert "normalised on the preferred responses of" in capsys.readouterr().out
     model, meta = checkpoint.load(str(out))
     best = [(c["prompt"], c["responses"][c["ranking"][0]]) for c in data.read_comparisons(str(world / "cmp.jsonl"))]
-    ids, mask = data.pack_sequences(get_tokenizer(), [p for p, _ in best], [y for _, y in best])
+    ids, mask = batching.pack_sequences(get_tokenizer(), [p for p, _ in best], [y for _, y in best])
     with torch.no_grad():
         assert abs(model.score(ids, mask).mean().item()) < 1e-5 and abs(meta["demo_mean_before"]) > 1e-3
 

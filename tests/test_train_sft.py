@@ -11,7 +11,7 @@ from helpers import first_step_grads, kill_at_step, relative_error
 from safetensors.torch import load_file
 
 import train_sft
-from nanoinstruct import data
+from nanoinstruct import batching, data
 from nanoinstruct.losses import lm_nll_sum
 from nanoinstruct.model import GPT, GPTConfig
 from nanoinstruct.tokenizer import get_tokenizer
@@ -55,7 +55,7 @@ def test_pretrain_then_sft_loss_falls(world, tmp_path):
 
 def test_prompt_targets_carry_no_loss():
     tok = get_tokenizer()
-    ids, mask = data.sft_example(tok, "Add 2 and 3.", "5")
+    ids, mask = batching.sft_example(tok, "Add 2 and 3.", "5")
     P = len(tok.encode_prompt("Add 2 and 3."))
     assert mask.tolist() == [0.0] * (P - 1) + [1.0, 1.0, 1.0]     # " ", "5", EOS
     torch.manual_seed(0)
@@ -184,7 +184,7 @@ def test_gpt2_shaped_checkpoint_loss_equals_transformers(world, tmp_path):
     nll = count = 0.0
     with torch.no_grad():
         for r in val:
-            ids, mask = data.sft_example(tok, r["prompt"], r["response"])
+            ids, mask = batching.sft_example(tok, r["prompt"], r["response"])
             logits = hf(ids[None, :-1]).logits[0]                           # (L, V)
             assert logits.max() < -40                                      # far below zero
             lp = torch.log_softmax(logits.double(), -1).gather(-1, ids[1:, None])[:, 0]
