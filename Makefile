@@ -3,7 +3,7 @@ PY     := .venv/bin/python
 STAMP  := .venv/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: install test demo paper pipeline bench clean
+.PHONY: install test demo paper pipeline bench bench-trl clean
 install: $(STAMP)
 
 # torch is pinned here: any other spec makes pip fetch gigabytes of CUDA wheels on a CPU box.
@@ -91,14 +91,23 @@ pipeline:
 	$(PY) -m nanoinstruct.plot $(DIR)/base $(DIR)/sft $(DIR)/rm $(DIR)/ppo_ptx
 COMMA := ,
 
-# The PPO loop's speed on the CPU (issue 7's tiny configuration: 2 layers, 2 heads, 64 wide,
-# vocab 512, 16-token prompts, 32-token responses, batch 8, 4 epochs, 1 minibatch), then the
-# kernels on a GPU (skipped without one).
+# The PPO loop's speed on the CPU, at two sizes (train_ppo.BENCH): tiny (2 layers, 64 wide,
+# vocab 512, batch 8, 16 + 32 tokens; 1 thread) and gpt2 (GPT-2 124M's shape, vocab 50257,
+# batch 16, 24 + 128 tokens; 2 threads), 4 epochs in 1 minibatch; then the kernels on a GPU
+# (skipped without one).
 bench: install
-	$(PY) train_ppo.py --bench --batch_size=8 --max_new_tokens=32 --ppo_epochs=4 --minibatches=1 \
-	    --max_iters=30 --log_interval=10
+	$(PY) train_ppo.py --bench=tiny --max_iters=30 --log_interval=10 --threads=1
+	$(PY) train_ppo.py --bench=gpt2 --max_iters=3 --log_interval=1 --threads=2
 	if $(PY) -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then $(PY) -m kernels.bench; \
 	else echo "kernels.bench: no CUDA GPU here; skipped"; fi
+
+# The same two sizes against TRL 1.12's PPOTrainer, alternating (bench/ppo_vs_trl.py). TRL is
+# not a dependency: it gets a venv of its own, .venv-trl.
+bench-trl: install
+	test -x .venv-trl/bin/python || python3 -m venv .venv-trl
+	.venv-trl/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	.venv-trl/bin/python -m pip install -q --disable-pip-version-check trl==1.12.0 transformers==5.23.0
+	$(PY) bench/ppo_vs_trl.py --trl_python=.venv-trl/bin/python
 
 clean:
 	rm -rf out .pytest_cache .hypothesis

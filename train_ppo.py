@@ -39,13 +39,15 @@ over-optimise the proxy (Gao et al. 2022), which a run on real data cannot see.
 
     python train_ppo.py --init=out/sft --reward=out/rm --out_dir=out/ppo
     python train_ppo.py --init=out/sft --reward=out/rm --ptx_coef=1 --out_dir=out/ppo_ptx
-    python train_ppo.py --bench     # time the loop on random tiny models; writes nothing
+    python train_ppo.py --bench=tiny --max_iters=30   # time the loop on random models; writes nothing
+    python train_ppo.py --bench=gpt2 --max_iters=3    # GPT-2 124M's shape, vocabulary 50257
 """
 
 import copy
 import math
 import statistics
 import sys
+import types
 from dataclasses import asdict, dataclass
 
 import torch
@@ -54,7 +56,6 @@ import kernels
 from nanoinstruct import batching, checkpoint, data, distributed, losses, run, world
 from nanoinstruct.cli import UserError, cli_main, parse_flags
 from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
-from nanoinstruct.tokenizer import get_tokenizer
 
 
 @dataclass
@@ -101,7 +102,24 @@ class Config:
     device: str = "auto"
     threads: int = 0
     gradient_checkpointing: bool = False  # recompute the policy's and value's activations in the backward
-    bench: bool = False                   # time iterations on random tiny models and prompts; write nothing
+    bench: str = ""                       # tiny | gpt2: time iterations on random models of BENCH's shape
+
+
+# --bench: the models' shape (n_layer, n_head, n_embd, real vocabulary), rollouts per
+# iteration, prompt and response tokens. tiny is issue 7's configuration; gpt2 is GPT-2
+# 124M with its vocabulary. bench/trl_ppo.py runs TRL's PPOTrainer on the same ones.
+BENCH = {"tiny": dict(shape=(2, 2, 64, 512), batch=8, prompt=16, response=32),
+         "gpt2": dict(shape=(12, 12, 768, 50257), batch=16, prompt=24, response=128)}
+
+
+def bench_bytes(c, B, T, R):
+    """What a --bench run needs at least, in bytes (fp32): four models' weights, gradients and
+    AdamW's two moments for the trained two, the trained trunks' activations (Korthikanti et
+    al. 2022: 34 C + 5 n_head T bytes per token and layer in 16-bit, doubled for fp32), and
+    three copies of the response logits. B rollouts of T tokens, R of them the response."""
+    params = c.vocab_size * c.n_embd + c.block_size * c.n_embd + 12 * c.n_layer * c.n_embd ** 2
+    activations = 2 * B * T * c.n_layer * 2 * (34 * c.n_embd + 5 * c.n_head * T)
+    return 4 * params * (4 + 2 + 4) + activations + 3 * 4 * B * R * c.n_real
 
 
 def main(argv=None):
@@ -122,12 +140,23 @@ def main(argv=None):
 
     # ---- the four models ----------------------------------------------------------------
     torch.manual_seed(cfg.seed)                                   # a preset's initial weights
-    if cfg.bench:  # the issue's tiny configuration: 2 layers, 2 heads, 64 wide, vocab 512
-        tok, ckpt = get_tokenizer("bytes"), None
-        small = GPTConfig(2, 2, 64, 512, 64, n_real=tok.n_real)
-        ref, reward, value = GPT(small), ScalarGPT(small), ScalarGPT(small)
+    if cfg.bench:  # random models and prompts of a BENCH shape; responses run to their length
+        if cfg.bench not in BENCH:
+            raise UserError(f"--bench={cfg.bench!r}: choose one of {', '.join(BENCH)}")
+        b = BENCH[cfg.bench]
+        L, H, C, V = b["shape"]
+        cfg.batch_size, cfg.max_new_tokens, ckpt = b["batch"], b["response"], None
+        tok = types.SimpleNamespace(eos_id=V - 1, pad_id=V, n_vocab=V + 1, n_real=V)   # EOS last, then PAD
+        shape = GPTConfig(L, H, C, 64 * math.ceil((V + 1) / 64), max(64, b["prompt"] + b["response"]), n_real=V)
+        need = bench_bytes(shape, cfg.batch_size, b["prompt"] + b["response"], b["response"])
+        free = run.available_memory()
+        if free is not None and need > free:
+            raise UserError(f"--bench={cfg.bench}: needs about {need / 2**30:.1f} GiB of memory; "
+                            f"{free / 2**30:.1f} GiB are available")
+        ref, reward, value = GPT(shape), ScalarGPT(shape), ScalarGPT(shape)
         g = torch.Generator().manual_seed(0)
-        prompts = torch.randint(0, 256, (1024, 16), generator=g).tolist()   # 16-token prompts
+        prompts = torch.randint(0, V - 1, (1024, b["prompt"]), generator=g).tolist()
+        records = []
     else:
         ckpt = run.prepare_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite, d.is_main)
         ref, tok = run.init_gpt(cfg.init, cfg.tokenizer, 0.0, template=cfg.template)   # pi_SFT
@@ -322,8 +351,9 @@ def main(argv=None):
         steady = times[1:] or times
         per_it = statistics.median(t for t, _ in steady)
         per_rollout = statistics.median(r for _, r in steady)
-        print(f"done: {it} iterations, {per_it:.3f}s per iteration (median; rollout + scoring "
-              f"{per_rollout:.3f}s), {timer.elapsed():.0f}s" + ("" if cfg.bench else f" -> {ckpt}"), flush=True)
+        print(f"done: {it} iterations, {per_it:.3f}s per iteration (median; rollout + scoring {per_rollout:.3f}s, "
+              f"{100 * per_rollout / per_it:.0f}%), peak RSS {run.peak_memory() / 2**30:.2f} GiB, "
+              f"{timer.elapsed():.0f}s" + ("" if cfg.bench else f" -> {ckpt}"), flush=True)
     distributed.finish(d)
 
 

@@ -168,6 +168,21 @@ def progress(total, initial=0, desc=None, enabled=True):
                 dynamic_ncols=True, leave=False)
 
 
+def available_memory():
+    """Bytes of memory available to a new allocation now (Linux's MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def peak_memory():
+    """This process's peak resident memory so far, in bytes (ru_maxrss: KiB on Linux)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 class Timer:
     def __init__(self):
         self.t0 = self.last = time.perf_counter()

@@ -12,6 +12,7 @@ from helpers import first_step_grads, kill_at_step, relative_error
 
 import train_ppo
 from nanoinstruct import batching, checkpoint, data, losses, run
+from nanoinstruct.cli import UserError
 from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
 from nanoinstruct.tokenizer import get_tokenizer
 from nanoinstruct.world import LABELERS, build, gold_score
@@ -213,3 +214,11 @@ def test_gradient_checkpointing_trains_the_same_weights(world, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     va, vb = (checkpoint.load_resume(str(tmp_path / n))["value"] for n in "ab")
     assert all(torch.equal(va[k], vb[k]) for k in va)
+
+
+def test_bench_sizes_and_a_size_that_does_not_fit(monkeypatch, capsys):
+    train_ppo.main(["--bench=tiny", "--max_iters=2", "--threads=1", "--ppo_epochs=1"])
+    assert "per iteration (median; rollout + scoring" in capsys.readouterr().out
+    monkeypatch.setattr(run, "available_memory", lambda: 2 ** 30)
+    with pytest.raises(UserError, match=r"--bench=gpt2: needs about 9.\d GiB of memory; 1.0 GiB are available"):
+        train_ppo.main(["--bench=gpt2"])
