@@ -217,7 +217,7 @@ def main(argv=None):
     params = [p for m in (policy, value) for p in m.parameters()]
     optimizer = torch.optim.AdamW([{"params": list(policy.parameters()), "lr": cfg.lr},
                                    {"params": list(value.parameters()), "lr": cfg.vf_lr or cfg.lr}],
-                                  betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+                                  betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, fused=True)
     it, kl_coef = 0, cfg.kl_coef
     if cfg.resume:
         state = checkpoint.load_resume(ckpt)
@@ -301,8 +301,8 @@ def main(argv=None):
                 loss.backward()
                 distributed.average_gradients(d, params)
                 if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-                    torch.nn.utils.clip_grad_norm_(value.parameters(), cfg.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip, foreach=True)
+                    torch.nn.utils.clip_grad_norm_(value.parameters(), cfg.grad_clip, foreach=True)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 stats.append(torch.stack([pg_loss.detach(), vf_loss.detach(), pg["approx_kl"], pg["clipfrac"],

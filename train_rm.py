@@ -212,7 +212,7 @@ def main(argv=None):
             a_, n_ = losses.ranking_accuracy(r.detach(), valid)
             agree, pairs = agree + a_, pairs + n_
         if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         it += 1

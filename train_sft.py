@@ -173,7 +173,7 @@ def main(argv=None):
             tokens += batch[0].numel()
             total_tokens += batch[0].numel()
         if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         it += 1

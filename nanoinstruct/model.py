@@ -36,7 +36,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from einops import rearrange
 
 import kernels
 
@@ -83,8 +82,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, mask=None, cache=None, layer=0):
         # x (B, T, C); mask (B, 1, T, S) bool, True = may attend; S = cached + T keys
-        q, k, v = self.c_attn(x).split(x.shape[-1], dim=2)
-        q, k, v = (rearrange(t, "b t (h d) -> b h t d", h=self.n_head) for t in (q, k, v))
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if cache is not None:
             k, v = cache.update(layer, k, v)                  # (B, nh, S, hs)
         p = self.dropout if self.training else 0.0
@@ -92,7 +92,7 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        y = rearrange(y, "b h t d -> b t (h d)")              # (B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, C)                # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -205,9 +205,13 @@ class GPT(nn.Module):
             if attention_mask is None:
                 attention_mask = torch.ones(B, past + T, dtype=torch.long, device=idx.device)
             assert attention_mask.shape == (B, past + T), "attention_mask must cover all keys"
-            # position of a token = number of real tokens before it; padding gets 0
-            pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]   # (B, T)
-            mask = attention_bias(attention_mask, T)                             # (B,1,T,S)
+            if T == 1 and cache is not None:  # sampling: one new real token per row sees every real key
+                pos = attention_mask.sum(-1, keepdim=True) - 1                        # (B, 1)
+                mask = attention_mask.bool()[:, None, None, :]                        # (B,1,1,S)
+            else:
+                # position of a token = number of real tokens before it; padding gets 0
+                pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]   # (B, T)
+                mask = attention_bias(attention_mask, T)                             # (B,1,T,S)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
             if self.checkpointing and cache is None and torch.is_grad_enabled():
@@ -265,8 +269,9 @@ class GPT(nn.Module):
         was_training = self.training
         self.eval()  # no dropout while sampling
         cache = KVCache(self.config.n_layer, P + max_new_tokens)
-        mask = prompt_mask.long()
-        logits = self(prompt, mask, cache)[:, -1]                       # (B, V)
+        # the key mask of every step at once: the prompt's, then 1 for each new token
+        mask = torch.cat([prompt_mask.long(), prompt_mask.new_ones(B, max_new_tokens, dtype=torch.long)], 1)
+        logits = self(prompt, mask[:, :P], cache)[:, -1]                # (B, V)
         out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=prompt.device)
         done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
         for t in range(max_new_tokens):
@@ -276,8 +281,7 @@ class GPT(nn.Module):
             if done.all() or t == max_new_tokens - 1:
                 break
             # finished rows keep stepping (batched), fed PAD; their outputs are discarded
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            logits = self(out[:, t:t + 1], mask, cache)[:, -1]
+            logits = self(out[:, t:t + 1], mask[:, :P + t + 1], cache)[:, -1]
         self.train(was_training)
         out = out[:, :t + 1]
         is_eos = (out == eos_id).long()
@@ -320,7 +324,8 @@ class GPT(nn.Module):
 def sample_token(logits, temperature, top_k, top_p, n_vocab, pad_id, generator=None):
     """logits (B, V) -> sampled ids (B,). Temperature 0 is greedy."""
     logits = logits.float().clone()
-    logits[:, n_vocab:] = -float("inf")      # past the tokenizer's ids
+    if n_vocab < logits.shape[-1]:
+        logits[:, n_vocab:] = -float("inf")  # past the tokenizer's ids
     if pad_id < logits.shape[-1]:
         logits[:, pad_id] = -float("inf")    # PAD is for batching only
     if temperature == 0:
@@ -336,7 +341,13 @@ def sample_token(logits, temperature, top_k, top_p, n_vocab, pad_id, generator=N
         drop[:, 0] = False                                # the top token always stays
         sorted_logits = sorted_logits.masked_fill(drop, -float("inf"))
         logits = torch.full_like(logits, -float("inf")).scatter(-1, order, sorted_logits)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+    # inverse-CDF sampling: one uniform per row (torch.multinomial draws V exponentials per row,
+    # most of a small model's sampling time on a CPU). u is scaled by the row's total mass and
+    # the search takes the first cdf > u, so a token of probability 0 (a flat step of the cdf)
+    # is never drawn, whatever the rounding of the cumulative sum.
+    cdf = logits.softmax(-1).cumsum(-1)                                          # (B, V)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)
 
 
 class ScalarGPT(nn.Module):

@@ -274,3 +274,20 @@ def test_activation_checkpointing_gives_equal_gradients():
             (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
             grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
         assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0]), make
+
+
+def test_sampling_follows_the_distribution_and_never_draws_a_zero():
+    """Inverse-CDF sampling: frequencies match softmax(logits / T) (chi-square-sized error on
+    40k draws), and ids with probability 0 (masked, PAD, past n_vocab) never come up, even
+    right after the last real id or when the cumulative sum rounds below 1."""
+    torch.manual_seed(0)
+    logits = torch.tensor([[1.0, -2.0, 0.5, 3.0, -float("inf"), 2.0, 0.0, 9.0]]).repeat(40000, 1)
+    g = torch.Generator().manual_seed(1)
+    s = sample_token(logits, 0.7, 0, 1.0, n_vocab=7, pad_id=6, generator=g)
+    want = torch.softmax(logits[0, :6] / 0.7, 0)
+    got = torch.bincount(s, minlength=8).float() / len(s)
+    assert got[4] == got[6] == got[7] == 0
+    assert torch.all((got[:6] - want).abs() < 4 * torch.sqrt(want * (1 - want) / len(s)) + 1e-4), (got, want)
+    tiny = torch.full((5000, 3), -float("inf"))
+    tiny[:, 0] = 0.0                                     # all mass on id 0, the rest impossible
+    assert torch.all(sample_token(tiny, 1.0, 0, 1.0, 3, 2, generator=g) == 0)
