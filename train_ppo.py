@@ -285,20 +285,24 @@ def main(argv=None):
                 # token means over the minibatch's real tokens on every rank: the gradients are
                 # averaged over ranks below, so each rank divides by the global count / W
                 n = distributed.all_sum(d, r_mask[mb].sum()) / W
+                # the step's loss is policy loss + value loss (+ ptx): two separate networks, so
+                # each takes its backward in turn and only one graph's activations are alive
                 new_logp = response_logprobs(policy, ids[mb], mask[mb], P)[0]
                 pg_loss, pg = losses.ppo_policy_loss(new_logp, logp[mb], advantages[mb], r_mask[mb], cfg.clip, n)
-                vpred = values_of(value, ids[mb], mask[mb], P)
-                vf_loss, vf = losses.ppo_value_loss(vpred, old_values[mb], returns[mb], r_mask[mb], cfg.vf_clip, n)
-                loss = pg_loss + vf_loss
+                loss = pg_loss
                 if ptx_rows is not None:  # gamma * E[-log pi(x)] on pretraining text, same step
                     rows = ptx_rows[torch.randint(len(ptx_rows), (cfg.ptx_batch_size,), generator=g_cpu)].to(dev)
                     with run.autocast(dev):
                         lm_logp, _ = policy(rows[:, :-1], targets=rows[:, 1:])       # (ptx_batch, T)
                     ptx_loss = -lm_logp.mean()
                     loss = loss + cfg.ptx_coef * ptx_loss
-                for name, x in (("policy loss", pg_loss), ("value loss", vf_loss), ("loss", loss)):
+                for name, x in (("policy loss", pg_loss), ("loss", loss)):
                     run.check_finite(x, f"the {name}", it, ckpt)
                 loss.backward()
+                vpred = values_of(value, ids[mb], mask[mb], P)
+                vf_loss, vf = losses.ppo_value_loss(vpred, old_values[mb], returns[mb], r_mask[mb], cfg.vf_clip, n)
+                run.check_finite(vf_loss, "the value loss", it, ckpt)
+                vf_loss.backward()
                 distributed.average_gradients(d, params)
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip, foreach=True)
