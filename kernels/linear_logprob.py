@@ -108,13 +108,12 @@ def _backward_ref(h, w, targets, lse, entropy, g_logp, g_h, temperature):
             wv = w[v0:v0 + v_chunk].to(acc)                          # (v,C)
             logp = torch.addmm(neg_lse, hs, wv.T)                    # (n,v) log p_j, recomputed
             p = logp.exp()
-            # -dz = p (g_logp + g_H (log p + H)), without the onehot term (added below)
+            # -dz = p (g_logp + g_H (log p + H)) - g_logp onehot(t)
             minus_dz = p.mul_(gl) if g_h is None else p.mul_(logp.mul_(gh).add_(c))
+            here = ((t >= v0) & (t < v0 + wv.shape[0])).nonzero().squeeze(1)
+            minus_dz[here, t[here] - v0] -= gl[here, 0]
             dh[rows].addmm_(minus_dz, wv, alpha=-1)                  # (n,v) @ (v,C)
             dw[v0:v0 + v_chunk].addmm_(minus_dz.T, hs, alpha=-1)     # (v,n) @ (n,C), 1/tau in hs
-        # the onehot term of dz: g_logp at (n, t_n), added as a gather and a scatter
-        dh[rows].add_(gl * w[t].to(acc))
-        dw.index_add_(0, t, gl * hs)
     return dh.div_(temperature), dw
 
 
@@ -243,7 +242,7 @@ def _bwd_kernel(h_ptr, w_ptr, targets_ptr, g_logp_ptr, g_h_ptr, lse_ptr, entropy
     g = tl.load(g_logp_ptr + rows, mask=row_ok, other=0.0)[:, None]
     target = tl.load(targets_ptr + rows, mask=row_ok, other=-1)          # a global vocabulary id
     logp = z - lse[:, None]                                              # log p_j
-    p = tl.where(row_ok[:, None] & col_ok[None, :], tl.exp(logp), 0.0)
+    p = tl.exp(tl.where(row_ok[:, None] & col_ok[None, :], logp, float("-inf")))   # 0 off the edges
     # dz_j = g_logp (onehot_j - p_j) + g_H (-p_j (log p_j + H)), then / tau
     dz = tl.where(col0 + cols[None, :] == target[:, None], g, 0.0) - p * g
     if HAS_GH:
