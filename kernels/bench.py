@@ -1,6 +1,8 @@
 """GPU benchmark: the Triton kernels against eager PyTorch and torch.compile (`make bench`).
 
-    python -m kernels.bench
+    python -m kernels.bench          # the GPU tables below (needs CUDA)
+    python -m kernels.bench --cpu    # linear_logprobs' torch reference against the unfused path
+                                     # on the CPU, 2 threads: time and peak RSS, see cpu_main()
 
 Eager is the torch reference of each file (log_softmax + gather, the Python-loop GAE,
 elementwise KL); compiled is torch.compile of that same reference. Sizes are those of RLHF
@@ -15,10 +17,23 @@ logits; GAE, KL and rewards at B = 256, T = 1024. Each row of the markdown table
                before it: the outputs (for fwd+bwd the logits' gradient) plus temporaries
     max|diff|  against eager, on (the first 16M elements of) the first output or the gradient
 
+The fused linear log-prob (hidden (N,C), unembedding (V,C) -> log p, H; kernels.linear_logprobs)
+gets a second table: unfused eager (hidden @ W^T, then the log-prob reference), torch.compile of
+it, and the Triton kernels, at N = 8k, 32k with (V, C) = (50,257, 768) for GPT-2 and (128,256,
+4096) for Llama 3 8B, bf16. It is compute-bound, so the rate is TFLOP/s of the model's matmuls
+(2NVC forward, 6NVC forward+backward; the fused backward does 8NVC, it recomputes the logits).
+Its peak memory is compared with the target 1.1 x (hidden + W + their gradients): the inputs
+plus the extra memory of one call.
+
 Needs CUDA and triton; a cell that runs out of memory prints OOM. Results: kernels/BENCH.md.
 """
+import json
 import os
+import resource
+import statistics
+import subprocess
 import sys
+import time
 
 import torch
 
@@ -92,9 +107,71 @@ def measure(rows, op, size, nbytes, impls, bandwidth):
             torch.cuda.empty_cache()
 
 
+def linear_fwd_bwd(f, h, w, t):
+    """A callable running f(h, w, t) forward and backward; returns (dh, dW) of sum(log p + H)."""
+    def run():
+        logp, entropy = f(h, w, t)
+        return torch.autograd.grad(logp.sum() + entropy.sum(), (h, w))
+    return run
+
+
+def measure_linear(rows, op, size, flops, target_bytes, input_bytes, impls):
+    """Like measure(), with TFLOP/s for the rate and the peak against target_bytes."""
+    torch._dynamo.reset()
+    eager_out = None
+    for name, fn in impls.items():
+        print(f"  {op} {size} {name} ...", file=sys.stderr, flush=True)
+        try:
+            out = sample(fn())
+            if name == "eager":
+                eager_out = out
+            diff = "" if name == "eager" or eager_out is None else \
+                f"{(out - eager_out).abs().max().item():.1e}"
+            del out
+            ms = bench_ms(fn)
+            mem = peak_extra_bytes(fn)
+            rows.append(f"| {op} | {size} | {name} | {ms:.3f} | {flops / ms / 1e9:,.0f} | {mem / 2**20:,.0f} "
+                        f"| {(input_bytes + mem) / target_bytes:.2f} | {diff} |")
+        except torch.cuda.OutOfMemoryError:
+            rows.append(f"| {op} | {size} | {name} | OOM | | | | |")
+            torch.cuda.empty_cache()
+
+
+LINEAR_SHAPES = ((8192, 50257, 768), (8192, 128256, 4096), (32768, 50257, 768), (32768, 128256, 4096))
+
+
+def linear_rows(shapes=LINEAR_SHAPES, device="cuda"):
+    """(N, V, C) -> table rows; device and shapes are parameters only for a smoke run on CPU."""
+    from kernels import linear_logprob as LL
+    compiled = torch.compile(LL.linear_logprobs_unfused, dynamic=False)
+    rows = []
+    for N, V, C in shapes:
+        size = f"N={N // 1024}k V={V:,} C={C}"
+        h = (torch.randn(N, C, device=device) * 2).bfloat16().requires_grad_()
+        w = (torch.randn(V, C, device=device) / C ** 0.5).bfloat16().requires_grad_()
+        t = torch.randint(0, V, (N,), device=device)
+        io = 2 * (N + V) * C                                  # bytes of h and W (bf16)
+        impls = {"eager": LL.linear_logprobs_unfused, "compiled": compiled,
+                 "triton": LL.linear_logprobs_triton}
+        with torch.no_grad():
+            measure_linear(rows, "linear_logprobs fwd", size, 2 * N * V * C, 1.1 * io, io,
+                           {name: (lambda f=f: f(h, w, t)) for name, f in impls.items()})
+        measure_linear(rows, "linear_logprobs fwd+bwd", size, 6 * N * V * C, 1.1 * 2 * io, io,
+                       {name: linear_fwd_bwd(f, h, w, t) for name, f in impls.items()})
+        del h, w, t
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
 def main():
+    if "--cpu" in sys.argv[1:]:
+        return cpu_main()
+    if "--cpu-one" in sys.argv[1:]:
+        return cpu_one(*sys.argv[sys.argv.index("--cpu-one") + 1:])
     if not torch.cuda.is_available():
-        _bail("needs a CUDA GPU (torch.cuda.is_available() is False); nothing was measured")
+        _bail("needs a CUDA GPU (torch.cuda.is_available() is False); nothing was measured "
+              "(python -m kernels.bench --cpu times linear_logprobs' CPU reference)")
     if os.environ.get("TRITON_INTERPRET") == "1":
         _bail("unset TRITON_INTERPRET: the interpreter is for tests, not for timing")
     try:
@@ -161,6 +238,63 @@ def main():
     print("| op | size | impl | time (ms) | GB/s | % of copy | peak extra mem (MiB) "
           "| max\\|diff\\| vs eager |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
+    print("\n".join(rows))
+
+    rows = linear_rows()
+    print("\n| op | size | impl | time (ms) | TFLOP/s | peak extra mem (MiB) | peak / target "
+          "| max\\|diff\\| vs eager |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    print("\n".join(rows))
+
+# ----------------------------------------------------------------------------- CPU
+
+
+CPU_SHAPES = {  # name: (tokens N, width C, vocabulary V)
+    "demo": (32 * 60, 128, 258),     # make demo's tiny model and PPO batch
+    "124M": (16 * 176, 768, 50257),  # GPT-2 124M, a 16 x 176-token PPO batch
+}
+
+
+def cpu_one(shape, impl, repeats):
+    """One process per (shape, impl), so that its peak RSS is its own: prints one JSON line."""
+    from kernels import linear_logprob as LL
+    torch.set_num_threads(2)
+    N, C, V = CPU_SHAPES[shape]
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(N, C, generator=g).mul_(2).requires_grad_()
+    w = torch.randn(V, C, generator=g).div_(C ** 0.5).requires_grad_()
+    t = torch.randint(0, V, (N,), generator=g)
+    f = {"fused": LL.linear_logprobs_ref, "unfused": LL.linear_logprobs_unfused}[impl]
+    run = linear_fwd_bwd(f, h, w, t)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss      # KiB on Linux
+    run()                                                            # also the warm-up
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    times = []
+    for _ in range(int(repeats)):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"median_s": statistics.median(times), "min_s": min(times), "peak_rss_mib": peak / 1024,
+                      "inputs_mib": 4 * (N + V) * C / 2**20}))
+
+
+def cpu_main():
+    """Forward + backward of log p + H, fused (the chunked reference) against unfused (logits,
+    then kernels.logprob's reference), fp32, torch.set_num_threads(2). Peak RSS: the high-water
+    mark of a fresh process during one call, minus the mark before it (inputs already made)."""
+    rows = []
+    for shape, repeats in (("demo", 20), ("124M", 3)):
+        N, C, V = CPU_SHAPES[shape]
+        for impl in ("unfused", "fused"):
+            print(f"  {shape} {impl} ...", file=sys.stderr, flush=True)
+            out = subprocess.run([sys.executable, "-m", "kernels.bench", "--cpu-one", shape, impl, str(repeats)],
+                                 capture_output=True, text=True, check=True).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            rows.append(f"| {shape} N={N} C={C} V={V:,} | {impl} | {r['median_s'] * 1e3:,.1f} "
+                        f"| {r['min_s'] * 1e3:,.1f} | {r['peak_rss_mib']:,.0f} | {r['inputs_mib']:,.0f} |")
+    print(f"\nCPU, torch {torch.__version__}, 2 threads; fwd+bwd of linear_logprobs, fp32\n")
+    print("| shape | impl | median (ms) | min (ms) | peak RSS over inputs (MiB) | inputs (MiB) |")
+    print("|---|---|---:|---:|---:|---:|")
     print("\n".join(rows))
 
 
