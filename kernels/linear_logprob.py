@@ -38,16 +38,24 @@ def linear_logprobs_unfused(hidden, weight, targets, temperature=1.0):
     return logprobs_and_entropy_ref(hidden @ weight.T, targets, temperature)
 
 
-# Chunks of the reference: VOCAB_CHUNK rows of W, and as many tokens as keep a chunk of z near
-# CHUNK_ELEMS elements (8 MB in fp32: the exp/sum passes over it stay in a CPU's L2/L3). On
-# the demo's V = 258 the whole vocabulary is one chunk and the loops add nothing.
-VOCAB_CHUNK = 4096
-CHUNK_ELEMS = 1 << 21
+# Chunks of the reference: up to TOKEN_CHUNK tokens and as many vocabulary rows as keep a chunk
+# of z near CHUNK_ELEMS elements (32 MB in fp32). Few, long token chunks keep the CPU matmuls
+# efficient (a (V,C) x (C,n) product with n in the thousands runs as fast as the unfused one);
+# at the demo's N = 1920 and V = 258 the whole vocabulary is one chunk and the loops add nothing.
+TOKEN_CHUNK = 4096
+CHUNK_ELEMS = 1 << 23
 
 
 def _chunks(N, V):
-    v_chunk = min(V, VOCAB_CHUNK)
-    return max(1, CHUNK_ELEMS // v_chunk), v_chunk
+    n_chunk = max(1, min(N, TOKEN_CHUNK))
+    return n_chunk, max(1, min(V, CHUNK_ELEMS // n_chunk))
+
+
+def _chunk_buffers(n_chunk, v_chunk, acc, device):
+    # two flat buffers that every chunk reuses: on a CPU a fresh (n,v) tensor per chunk costs
+    # its page faults again (glibc returns large freed blocks to the OS), ~ a pass over it
+    bufs = [torch.empty(n_chunk * v_chunk, dtype=acc, device=device) for _ in range(2)]
+    return lambda i, n, v: bufs[i][:n * v].view(n, v)
 
 
 def _acc_dtype(*tensors):
@@ -61,19 +69,20 @@ def _forward_ref(h, w, targets, temperature):
     acc = _acc_dtype(h, w)
     logp, lse, entropy = (torch.empty(N, dtype=acc, device=h.device) for _ in range(3))
     n_chunk, v_chunk = _chunks(N, V)
+    buf = _chunk_buffers(n_chunk, v_chunk, acc, h.device)           # the largest temporaries
     for n0 in range(0, N, n_chunk):
         rows = slice(n0, n0 + n_chunk)
         hs, t = h[rows].to(acc) / temperature, targets[rows]         # (n,C), (n,)
         z_t = torch.empty(len(t), dtype=acc, device=h.device)
         for v0 in range(0, V, v_chunk):
-            z = hs @ w[v0:v0 + v_chunk].to(acc).T                    # (n,v): the largest temporary
-            here = ((t >= v0) & (t < v0 + z.shape[1])).nonzero().squeeze(1)
+            wv = w[v0:v0 + v_chunk].to(acc)                          # (v,C)
+            z = torch.mm(hs, wv.T, out=buf(0, len(t), len(wv)))     # (n,v)
+            here = ((t >= v0) & (t < v0 + len(wv))).nonzero().squeeze(1)
             z_t[here] = z[here, t[here] - v0]
             m_new = z.amax(1) if v0 == 0 else torch.maximum(m, z.amax(1))
             z -= m_new[:, None]                                      # z - m <= 0
-            e = z.exp()                                              # (n,v)
-            s_new = e.sum(1)                                         # sum_j e^{z_j - m}
-            w_new = torch.bmm(e[:, None], z[:, :, None]).view(-1)    # sum_j e^{z_j - m} (z_j - m)
+            e = torch.exp(z, out=buf(1, *z.shape))                  # (n,v)
+            s_new, w_new = e.sum(1), e.mul_(z).sum(1)                # sum e^{z - m}, sum e^{z - m} (z - m)
             if v0 == 0:
                 s, w_sum = s_new, w_new
             else:  # rescale the old sums from the old max m to m_new (shift <= 0)
@@ -97,6 +106,7 @@ def _backward_ref(h, w, targets, lse, entropy, g_logp, g_h, temperature):
     dh = torch.zeros(h.shape, dtype=acc, device=h.device)
     dw = torch.zeros(w.shape, dtype=acc, device=h.device)
     n_chunk, v_chunk = _chunks(N, V)
+    buf = _chunk_buffers(n_chunk, v_chunk, acc, h.device)
     for n0 in range(0, N, n_chunk):
         rows = slice(n0, n0 + n_chunk)
         hs, t = h[rows].to(acc) / temperature, targets[rows]         # (n,C), (n,)
@@ -106,11 +116,11 @@ def _backward_ref(h, w, targets, lse, entropy, g_logp, g_h, temperature):
             c = gl + gh * entropy[rows, None]                        # g_logp + g_H H
         for v0 in range(0, V, v_chunk):
             wv = w[v0:v0 + v_chunk].to(acc)                          # (v,C)
-            logp = torch.addmm(neg_lse, hs, wv.T)                    # (n,v) log p_j, recomputed
-            p = logp.exp()
+            logp = torch.addmm(neg_lse, hs, wv.T, out=buf(0, len(t), len(wv)))   # (n,v) log p_j
+            p = torch.exp(logp, out=buf(1, *logp.shape))
             # -dz = p (g_logp + g_H (log p + H)) - g_logp onehot(t)
-            minus_dz = p.mul_(gl) if g_h is None else p.mul_(logp.mul_(gh).add_(c))
-            here = ((t >= v0) & (t < v0 + wv.shape[0])).nonzero().squeeze(1)
+            minus_dz = p.mul_(gl) if g_h is None else p.mul_(torch.addcmul(c, logp, gh, out=logp))
+            here = ((t >= v0) & (t < v0 + len(wv))).nonzero().squeeze(1)
             minus_dz[here, t[here] - v0] -= gl[here, 0]
             dh[rows].addmm_(minus_dz, wv, alpha=-1)                  # (n,v) @ (v,C)
             dw[v0:v0 + v_chunk].addmm_(minus_dz.T, hs, alpha=-1)     # (v,n) @ (n,C), 1/tau in hs

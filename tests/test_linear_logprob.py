@@ -23,9 +23,8 @@ def _reference(monkeypatch):
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    monkeypatch.setattr(LL, "VOCAB_CHUNK", 64)      # V = 259: chunks of 64, 64, 64, 64, 3
-    monkeypatch.setattr(LL, "CHUNK_ELEMS", 64 * 7)  # 7 tokens a chunk: N = 2 x 11 = 22 is 7+7+7+1
-                                                    # (for chunks of 64; of 4 tokens for 100)
+    monkeypatch.setattr(LL, "TOKEN_CHUNK", 7)       # N = 2 x 11 = 22 tokens: chunks 7 + 7 + 7 + 1
+    monkeypatch.setattr(LL, "CHUNK_ELEMS", 7 * 64)  # V = 259: chunks 64 + 64 + 64 + 64 + 3
 
 
 # (V, temperature, vocabulary chunk): one chunk, several with a ragged last one, V = 1
@@ -35,7 +34,7 @@ CASES = [(1, 0.7, 64), (7, 2.0, 4), (259, 1.0, 64), (259, 0.7, 100), (4099, 0.7,
 @pytest.mark.parametrize("V,temperature,vocab_chunk", CASES)
 def test_float64_matches_unfused(small_chunks, monkeypatch, V, temperature, vocab_chunk):
     # float64 in: float64 arithmetic, so the bounds are 2^-53-tight; a wrong term shows at once
-    monkeypatch.setattr(LL, "VOCAB_CHUNK", vocab_chunk)
+    monkeypatch.setattr(LL, "CHUNK_ELEMS", 7 * vocab_chunk)
     hidden, weight, targets = make_case(V, (2, 11), 33, V, torch.float64, std=3.0)
     logp, entropy, dh, dw = check_linear(kernels.linear_logprobs, hidden, weight, targets, temperature, seed=V)
     assert (logp <= 0).all() and (entropy >= 0).all() and (entropy <= math.log(V) + 1e-6).all()
@@ -45,7 +44,7 @@ def test_float64_matches_unfused(small_chunks, monkeypatch, V, temperature, voca
 
 @pytest.mark.parametrize("V,temperature,vocab_chunk", CASES[1:5])
 def test_fp32_against_float64(small_chunks, monkeypatch, V, temperature, vocab_chunk):
-    monkeypatch.setattr(LL, "VOCAB_CHUNK", vocab_chunk)
+    monkeypatch.setattr(LL, "CHUNK_ELEMS", 7 * vocab_chunk)
     hidden, weight, targets = make_case(V + 1, (3, 7), 17, V, std=4.0)
     check_linear(kernels.linear_logprobs, hidden, weight, targets, temperature, seed=V)
 
@@ -142,16 +141,16 @@ def test_saves_no_logits():
 @SETTINGS
 @given(seed=st.integers(0, 2**31 - 1), B=st.integers(1, 3), T=st.integers(1, 9), C=st.integers(1, 40),
        V=st.integers(1, 300), std=st.floats(0.1, 30.0), temperature=st.floats(0.3, 3.0),
-       chunk=st.sampled_from([(16, 64), (64, 256), (4096, 1 << 21)]))
+       chunk=st.sampled_from([(4, 64), (5, 400), (4096, 1 << 22)]))
 def test_property(seed, B, T, C, V, std, temperature, chunk):
-    LL.VOCAB_CHUNK, LL.CHUNK_ELEMS, old = chunk[0], chunk[1], (LL.VOCAB_CHUNK, LL.CHUNK_ELEMS)
+    LL.TOKEN_CHUNK, LL.CHUNK_ELEMS, old = chunk[0], chunk[1], (LL.TOKEN_CHUNK, LL.CHUNK_ELEMS)
     try:                                                        # hypothesis and monkeypatch don't mix
         hidden, weight, targets = make_case(seed, (B, T), C, V, std=std)
         logp, entropy, _, _ = check_linear(kernels.linear_logprobs, hidden, weight, targets, temperature, seed)
         assert (logp <= 0).all()                                # exactly: (z_t - m) - log s, both <= 0
         assert (entropy >= -1e-5).all() and (entropy <= math.log(V) + 1e-5).all()
     finally:
-        LL.VOCAB_CHUNK, LL.CHUNK_ELEMS = old
+        LL.TOKEN_CHUNK, LL.CHUNK_ELEMS = old
 
 
 def test_autocast_casts_like_lm_head():
