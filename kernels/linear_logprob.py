@@ -52,8 +52,7 @@ def _chunks(N, V):
 
 
 def _chunk_buffers(n_chunk, v_chunk, acc, device):
-    # two flat buffers that every chunk reuses: on a CPU a fresh (n,v) tensor per chunk costs
-    # its page faults again (glibc returns large freed blocks to the OS), ~ a pass over it
+    # two flat buffers that every chunk reuses, rather than two new (n,v) tensors per chunk
     bufs = [torch.empty(n_chunk * v_chunk, dtype=acc, device=device) for _ in range(2)]
     return lambda i, n, v: bufs[i][:n * v].view(n, v)
 
@@ -134,7 +133,7 @@ class _LinearLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, use_triton):
         with torch.autocast(hidden.device.type, enabled=False):
-            h, t = _rows(hidden), targets.reshape(-1)
+            h, t = _rows(hidden), targets.reshape(-1).contiguous()
             logp, lse, entropy = (_forward_triton if use_triton else _forward_ref)(h, weight, t, temperature)
         ctx.save_for_backward(hidden, weight, targets, lse, entropy)
         ctx.temperature, ctx.use_triton = temperature, use_triton
@@ -147,7 +146,7 @@ class _LinearLogprobs(torch.autograd.Function):
         hidden, weight, targets, lse, entropy = ctx.saved_tensors
         if grad_logp is None and grad_entropy is None:
             return None, None, None, None, None
-        h, t = _rows(hidden), targets.reshape(-1)
+        h, t = _rows(hidden), targets.reshape(-1).contiguous()
         # upstream grads may be expanded (stride 0) views, e.g. from .sum(): materialise them
         g_logp = torch.zeros_like(lse) if grad_logp is None else grad_logp.reshape(-1).to(lse.dtype).contiguous()
         g_h = None if grad_entropy is None else grad_entropy.reshape(-1).to(lse.dtype).contiguous()
@@ -182,7 +181,10 @@ def linear_logprobs_ref(hidden, weight, targets, temperature=1.0):
 # masked out of every sum. Under TRITON_INTERPRET=1 (CI) bf16 arithmetic is wrong, so every
 # load is cast to fp32 there (UPCAST); on CUDA only mixed or fp32/fp64 inputs are.
 
-BLOCK_N, BLOCK_V, BLOCK_C = 64, 64, 64  # not tuned on a GPU; the tests shrink them to 16
+# Not tuned on a GPU (none was at hand): compiled for sm_90 with 8 warps, the bf16 kernels use
+# wgmma and spill no registers; fp32 inputs (tl.dot in full fp32) take BLOCK_C = 32 to spill
+# almost none. The tests shrink all three to 16, tl.dot's least.
+BLOCK_N, BLOCK_V, BLOCK_C, NUM_WARPS = 64, 64, 64, 8
 SCRATCH_SHARE = 0.025                   # the backward's fp32 scratch rows per (N + V): see below
 
 
@@ -278,9 +280,11 @@ def _bwd_kernel(h_ptr, w_ptr, targets_ptr, g_logp_ptr, g_h_ptr, lse_ptr, entropy
 # ----------------------------------------------------------------------------- launchers
 
 
-def _upcast(h, w):
+def _config(h, w):
     # bf16 x bf16 (or fp16 x fp16) runs natively on CUDA; anything else, and the interpreter, in fp32
-    return INTERPRET or h.dtype != w.dtype or h.dtype not in (torch.bfloat16, torch.float16)
+    upcast = INTERPRET or h.dtype != w.dtype or h.dtype not in (torch.bfloat16, torch.float16)
+    return dict(UPCAST=upcast, BLOCK_N=BLOCK_N, BLOCK_V=BLOCK_V, BLOCK_C=min(BLOCK_C, 32) if upcast else BLOCK_C,
+                num_warps=NUM_WARPS)
 
 
 def _forward_triton(h, w, targets, temperature):
@@ -290,7 +294,7 @@ def _forward_triton(h, w, targets, temperature):
     logp, lse, entropy = (torch.empty(N, dtype=torch.float32, device=h.device) for _ in range(3))
     _fwd_kernel[(triton.cdiv(N, BLOCK_N),)](
         h, w, targets, logp, lse, entropy, N, V, C, h.stride(0), w.stride(0), 1.0 / temperature,
-        UPCAST=_upcast(h, w), BLOCK_N=BLOCK_N, BLOCK_V=BLOCK_V, BLOCK_C=BLOCK_C)
+        **_config(h, w))
     return logp, lse, entropy
 
 
@@ -318,8 +322,7 @@ def _backward_triton(h, w, targets, lse, entropy, g_logp, g_h, temperature):
             _bwd_kernel[(triton.cdiv(n, BLOCK_N), triton.cdiv(v, BLOCK_V))](
                 h[n0:], w[v0:], targets[n0:], g_logp[n0:], (g_logp if g_h is None else g_h)[n0:],
                 lse[n0:], entropy[n0:], acc_h, acc_w, n, v, C, h.stride(0), w.stride(0), v0,
-                1.0 / temperature, HAS_GH=g_h is not None, UPCAST=_upcast(h, w),
-                BLOCK_N=BLOCK_N, BLOCK_V=BLOCK_V, BLOCK_C=BLOCK_C)
+                1.0 / temperature, HAS_GH=g_h is not None, **_config(h, w))
             dw[v0:v0 + v] += acc_w
         dh[n0:n0 + n] = acc_h
     return dh, dw
