@@ -29,7 +29,6 @@ Needs CUDA and triton; a cell that runs out of memory prints OOM. Results: kerne
 """
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -168,7 +167,7 @@ def main():
     if "--cpu" in sys.argv[1:]:
         return cpu_main()
     if "--cpu-one" in sys.argv[1:]:
-        return cpu_one(*sys.argv[sys.argv.index("--cpu-one") + 1:])
+        return cpu_one(*sys.argv[sys.argv.index("--cpu-one") + 1:][:2])
     if not torch.cuda.is_available():
         _bail("needs a CUDA GPU (torch.cuda.is_available() is False); nothing was measured "
               "(python -m kernels.bench --cpu times linear_logprobs' CPU reference)")
@@ -255,48 +254,66 @@ CPU_SHAPES = {  # name: (tokens N, width C, vocabulary V)
 }
 
 
-def cpu_one(shape, impl, repeats):
-    """One process per (shape, impl), so that its peak RSS is its own: prints one JSON line."""
+def cpu_case(shape, impl):
+    """fp32 inputs of a CPU_SHAPES entry and a zero-argument fwd+bwd callable for impl."""
     from kernels import linear_logprob as LL
-    torch.set_num_threads(2)
     N, C, V = CPU_SHAPES[shape]
     g = torch.Generator().manual_seed(0)
-    h = torch.randn(N, C, generator=g).mul_(2).requires_grad_()
+    h = torch.randn(N, C, generator=g).mul_(2).requires_grad_()         # logits ~ N(0, 4)
     w = torch.randn(V, C, generator=g).div_(C ** 0.5).requires_grad_()
     t = torch.randint(0, V, (N,), generator=g)
     f = {"fused": LL.linear_logprobs_ref, "unfused": LL.linear_logprobs_unfused}[impl]
-    run = linear_fwd_bwd(f, h, w, t)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss      # KiB on Linux
-    run()                                                            # also the warm-up
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    times, cpu_times = [], []
-    for _ in range(int(repeats)):
-        t0, c0 = time.perf_counter(), time.process_time()
-        run()
-        times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
-    print(json.dumps({"median_s": statistics.median(times), "min_s": min(times), "cpu_s": min(cpu_times),
-                      "peak_rss_mib": peak / 1024, "inputs_mib": 4 * (N + V) * C / 2**20}))
+    return linear_fwd_bwd(f, h, w, t)
+
+
+def peak_rss_kib():
+    # VmHWM, the peak RSS of this process image (getrusage's ru_maxrss would carry over the
+    # peak of the parent that spawned it: Linux keeps it across fork and exec)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+def cpu_one(shape, impl):
+    """Peak RSS of one call, in a process of its own: prints it in MiB."""
+    torch.set_num_threads(2)
+    run = cpu_case(shape, impl)
+    before = peak_rss_kib()
+    run()
+    print((peak_rss_kib() - before) / 1024)
 
 
 def cpu_main():
     """Forward + backward of log p + H, fused (the chunked reference) against unfused (logits,
-    then kernels.logprob's reference), fp32, torch.set_num_threads(2). Wall time (median and
-    min over the repeats) and CPU time of the process (min; it counts both threads and is less
-    moved by other processes on a shared machine). Peak RSS: the high-water mark of a fresh
-    process during one call, minus the mark before it (inputs already made)."""
-    rows = []
-    for shape, repeats in (("demo", 20), ("124M", 3)):
+    then kernels.logprob's reference), fp32, torch.set_num_threads(2).
+
+    time     the two alternate in one process, after a warm-up call each; median and min of
+             the wall time and min of the process's CPU time (both threads; on a shared
+             machine the min is the figure least moved by other processes)
+    memory   the peak RSS of a fresh process during one call minus the peak before it (inputs
+             made): the gradients, saved tensors and temporaries
+    """
+    torch.set_num_threads(2)
+    rows, load = [], os.getloadavg()[0]
+    for shape, repeats in (("demo", 30), ("124M", 3)):
         N, C, V = CPU_SHAPES[shape]
-        for impl in ("unfused", "fused"):
-            print(f"  {shape} {impl} ...", file=sys.stderr, flush=True)
-            out = subprocess.run([sys.executable, "-m", "kernels.bench", "--cpu-one", shape, impl, str(repeats)],
+        runs = {impl: cpu_case(shape, impl) for impl in ("unfused", "fused")}
+        wall, cpu = {impl: [] for impl in runs}, {impl: [] for impl in runs}
+        print(f"  {shape} ...", file=sys.stderr, flush=True)
+        for i in range(repeats + 1):
+            for impl, run in runs.items():
+                t0, c0 = time.perf_counter(), time.process_time()
+                run()
+                if i:                                                # the first is the warm-up
+                    wall[impl].append(time.perf_counter() - t0)
+                    cpu[impl].append(time.process_time() - c0)
+        for impl in runs:
+            rss = subprocess.run([sys.executable, "-m", "kernels.bench", "--cpu-one", shape, impl],
                                  capture_output=True, text=True, check=True).stdout
-            r = json.loads(out.strip().splitlines()[-1])
-            rows.append(f"| {shape} N={N} C={C} V={V:,} | {impl} | {r['median_s'] * 1e3:,.1f} "
-                        f"| {r['min_s'] * 1e3:,.1f} | {r['cpu_s'] * 1e3:,.1f} | {r['peak_rss_mib']:,.0f} "
-                        f"| {r['inputs_mib']:,.0f} |")
-    print(f"\nCPU, torch {torch.__version__}, 2 threads; fwd+bwd of linear_logprobs, fp32\n")
+            rows.append(f"| {shape} N={N} C={C} V={V:,} | {impl} | {statistics.median(wall[impl]) * 1e3:,.1f} "
+                        f"| {min(wall[impl]) * 1e3:,.1f} | {min(cpu[impl]) * 1e3:,.1f} "
+                        f"| {float(rss.strip().splitlines()[-1]):,.0f} | {4 * (N + V) * C / 2**20:,.0f} |")
+    print(f"\nCPU, torch {torch.__version__}, 2 threads; fwd+bwd of linear_logprobs, fp32; "
+          f"load average {load:.1f} before, {os.getloadavg()[0]:.1f} after\n")
     print("| shape | impl | median (ms) | min (ms) | min CPU time (ms) | peak RSS over inputs (MiB) "
           "| inputs (MiB) |")
     print("|---|---|---:|---:|---:|---:|---:|")
