@@ -16,8 +16,11 @@ inputs, which fp32 holds exactly; 2^-53 for float64 inputs):
 
 In fp32, a p_j below 2^-126 is subnormal and exact only to 2^-149: both gradient bounds have
 an absolute floor of 2^-140 x (1 + max|g|) S (N + V) max(|h|, |W|) / tau, which matters only there.
-The dz part is first order in eps, rigorous for the matmuls (gamma_k <= k u) and measured for
-the softmax (the worst measured error is below a quarter of each bound). Outputs logp and H are
+The dz part is first order in eps; the matmul parts are rigorous (gamma_k <= k u) for any
+summation order, the 16 u S parts are measured as in tests/test_kernels.py. Over 150 random
+cases (C <= 60, V <= 1000, |z| <= ~200, several chunkings) fp32 errors reached 7 % of these
+bounds on the reference and 4 % on the Triton interpreter; a bf16 gradient's rounding reached
+98 % of its 2^-8 (it is the rounding itself, bounded exactly). Outputs logp and H are
 fp32, so float64 inputs add one rounding, 2^-24 relative. A bf16 gradient is rounded to nearest
 once per accumulation into it: 2^-8 of the size of the sum per rounding (2^-11 for fp16).
 """
