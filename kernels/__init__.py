@@ -12,7 +12,8 @@ Every function here dispatches per call to one of two paths that compute the sam
                                  before this package was imported: that is how CI runs it)
 
 triton is an optional import: without it (macOS, CPU-only installs) the reference runs.
-Shapes: logits (B,T,V), everything per token (B,T), scores (B,). Outputs are float32.
+Shapes: logits (B,T,V), hidden (B,T,C), unembedding (V,C), everything per token (B,T),
+scores (B,). Outputs are float32.
 """
 import math
 import os
@@ -35,7 +36,7 @@ def jit(fn):
 
 
 # (they use jit and tl.) Note kernels.gae is the function below; its file is kernels._gae.
-from . import gae as _gae, kl as _kl, logprob as _logprob  # noqa: E402
+from . import gae as _gae, kl as _kl, linear_logprob as _linear, logprob as _logprob  # noqa: E402
 
 KL_KINDS = ("k1", "k2", "k3")
 
@@ -60,13 +61,17 @@ def _check_logits(logits, temperature):
     if logits.dim() < 2 or not logits.is_floating_point() or logits.shape[-1] < 1:
         raise ValueError(f"logits must be a float tensor (B,T,V) with V >= 1, got {tuple(logits.shape)} "
                          f"{logits.dtype}")
+    _check_temperature(temperature)
+
+
+def _check_temperature(temperature):
     if not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a positive finite number, got {temperature}")
 
 
-def _check_targets(logits, targets):
+def _check_targets(logits, targets, name="logits"):
     if targets.shape != logits.shape[:-1]:
-        raise ValueError(f"targets shape must equal logits.shape[:-1] = {tuple(logits.shape[:-1])}, "
+        raise ValueError(f"targets shape must equal {name}.shape[:-1] = {tuple(logits.shape[:-1])}, "
                          f"got {tuple(targets.shape)}")
     if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
         raise ValueError(f"targets must be an integer (long) tensor, got {targets.dtype}")
@@ -115,6 +120,36 @@ def token_entropy(logits, temperature=1.0):
     return _logprob.entropy_ref(logits, temperature)
 
 
+def linear_logprobs(hidden, weight, targets, temperature=1.0):
+    """(log p(targets), entropy) under softmax(hidden @ weight.T / temperature), without the logits.
+
+    hidden (B,T,C) float, weight (V,C) float: the unembedding rows of the real vocabulary (pass
+    a row slice of a tied embedding, e.g. lm_head.weight[:n_vocab]; its gradient flows back
+    into the full parameter), targets (B,T) long in [0, V). Returns two (B,T) float32 tensors,
+    differentiable in hidden and weight. Equal to token_logprobs_and_entropy(hidden @ weight.T,
+    ...) but no (B,T,V) tensor is ever made, forward or backward. Under autocast the inputs
+    are cast as lm_head (torch.nn.functional.linear) would cast them.
+    """
+    if hidden.dim() < 1 or not hidden.is_floating_point():
+        raise ValueError(f"hidden must be a float tensor (B,T,C), got {tuple(hidden.shape)} {hidden.dtype}")
+    if weight.dim() != 2 or not weight.is_floating_point() or weight.shape[0] < 1 \
+            or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"weight must be a float tensor (V,C) with V >= 1 and C = hidden.shape[-1] = "
+                         f"{hidden.shape[-1]}, got {tuple(weight.shape)} {weight.dtype}")
+    if weight.device != hidden.device or targets.device != hidden.device:
+        raise ValueError(f"hidden, weight and targets must be on one device, got {hidden.device}, "
+                         f"{weight.device}, {targets.device}")
+    _check_temperature(temperature)
+    _check_targets(hidden, targets, "hidden")
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):  # what autocast does to lm_head's F.linear
+        dtype = torch.get_autocast_dtype(device)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    if _use_triton(hidden):
+        return _linear.linear_logprobs_triton(hidden, weight, targets, temperature)
+    return _linear.linear_logprobs_ref(hidden, weight, targets, temperature)
+
+
 def kl_estimate(logp, ref_logp, kind="k1"):
     """Per-token estimate of KL(policy || reference) from samples of the policy: (B,T) -> (B,T) float32.
 
@@ -154,5 +189,5 @@ def gae(rewards, values, mask, gamma, lam):
     return _gae.gae_ref(rewards, values, mask, gamma, lam)
 
 
-__all__ = ["token_logprobs", "token_entropy", "token_logprobs_and_entropy", "kl_estimate",
+__all__ = ["token_logprobs", "token_entropy", "token_logprobs_and_entropy", "linear_logprobs", "kl_estimate",
            "penalized_rewards", "gae"]
