@@ -237,9 +237,10 @@ class GPT(nn.Module):
     def logprobs(self, h, targets, temperature=1.0):
         """Final hidden states h (B, T, C) and the ids they predict, targets (B, T) ->
         (log p(targets), entropy), each (B, T) float32, under softmax(h W^T / temperature)
-        over the real vocabulary W = lm_head.weight[:n_real] (the tied embedding's rows)."""
-        logits = F.linear(h, self.lm_head.weight[:self.config.n_real])             # (B, T, n_real)
-        return kernels.token_logprobs_and_entropy(logits, targets, temperature)
+        over the real vocabulary W = lm_head.weight[:n_real] (the tied embedding's rows).
+        Fused (kernels.linear_logprobs): the (B, T, n_real) logits are never materialised,
+        in the forward or the backward, which recomputes them chunk by chunk."""
+        return kernels.linear_logprobs(h, self.lm_head.weight[:self.config.n_real], targets, temperature)
 
     # ----------------------------------------------------------------------------------
     # sampling

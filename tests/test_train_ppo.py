@@ -222,3 +222,19 @@ def test_bench_sizes_and_a_size_that_does_not_fit(monkeypatch, capsys):
     monkeypatch.setattr(run, "available_memory", lambda: 2 ** 30)
     with pytest.raises(UserError, match=r"--bench=gpt2: needs about 9.\d GiB of memory; 1.0 GiB are available"):
         train_ppo.main(["--bench=gpt2"])
+
+
+def test_fused_log_probs_give_the_losses_of_the_unfused_path(world, tmp_path, monkeypatch):
+    """The same PPO-ptx run with every log-prob through the fused linear log-prob (the
+    default) and through logits materialised then log-softmaxed: the same losses, KL and
+    scores to float32 tolerance (the two sum in different orders)."""
+    from kernels.linear_logprob import linear_logprobs_unfused
+    args = ["--max_iters=2", "--ppo_epochs=2", "--ptx_coef=0.5"]
+    train_ppo.main(flags(world, tmp_path / "fused", *args))
+    monkeypatch.setattr(GPT, "logprobs", lambda self, h, y, t=1.0: linear_logprobs_unfused(
+        h, self.lm_head.weight[:self.config.n_real], y, t))
+    train_ppo.main(flags(world, tmp_path / "unfused", *args))
+    keys = ("score", "kl", "entropy", "approx_kl", "pg_loss", "vf_loss", "ptx_loss")
+    for a, b in zip(metrics(tmp_path / "fused"), metrics(tmp_path / "unfused")):
+        for k in keys:
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (k, a[k], b[k])
