@@ -49,60 +49,54 @@ from nanoinstruct.tokenizer import get_tokenizer
 
 @dataclass
 class Config:
+    # models and data
     init: str = "out/sft"                 # the policy starts here, and this (frozen) is the reference
     tokenizer: str = "bytes"              # for a preset or HF init; checkpoints carry theirs
     reward: str = "out/rm"                # the reward model (train_rm.py's, normalised)
     value_init: str = ""                  # the value function starts here ("": the reward model)
     prompts: str = "data/world/ppo_prompts.jsonl"
     ptx_data: str = "data/world/corpus.jsonl"  # pretraining text, read only when ptx_coef > 0
-    ptx_coef: float = 0.0                 # gamma of eq. 2: 0 is PPO, > 0 is PPO-ptx
-    ptx_batch_size: int = 8               # pretraining rows per minibatch
-    ptx_block_size: int = 128
+    ptx_coef: float = 0.0                 # >= 0; gamma of eq. 2: 0 is PPO, > 0 is PPO-ptx
+    ptx_batch_size: int = 8               # >= 1; pretraining rows per minibatch
+    ptx_block_size: int = 128             # >= 1
     out_dir: str = "out/ppo"
     resume: bool = False
     overwrite: bool = False
-    max_iters: int = 100                  # PPO iterations (rollout + update)
-    batch_size: int = 32                  # rollouts per iteration per process
-    minibatches: int = 1                  # optimizer steps per epoch over the rollouts
-    ppo_epochs: int = 4
-    max_new_tokens: int = 48
-    temperature: float = 1.0              # sampling, and every log-prob of the policy and reference
-    lr: float = 1e-4                      # policy and value function
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0                # per model; 0: off
-    clip: float = 0.2                     # PPO's ratio clip
-    vf_clip: float = 0.2                  # value clip, around the rollout's values
-    vf_coef: float = 0.1
-    gamma: float = 1.0                    # GAE discount
-    lam: float = 0.95                     # GAE lambda
-    kl_coef: float = 0.02                 # beta (the initial beta when adaptive)
-    kl_kind: str = "k1"                   # k1 | k2 | k3: the KL estimator inside the reward
-    target_kl: float = 0.0                # > 0: adapt beta toward this KL per response (nats)
-    kl_horizon: int = 10000               # the adaptive controller's horizon, in rollouts
-    no_eos_penalty: float = -1.0          # the score of a response without EOS (nan: keep r's)
+    # PPO
+    max_iters: int = 100                  # >= 1; PPO iterations (rollout + update)
+    batch_size: int = 32                  # >= 1; rollouts per iteration per process
+    minibatches: int = 1                  # >= 1, divides batch_size; optimizer steps per epoch over the rollouts
+    ppo_epochs: int = 4                   # >= 1
+    max_new_tokens: int = 48              # >= 1
+    temperature: float = 1.0              # > 0; sampling, and every log-prob of the policy and reference
+    lr: float = 1e-4                      # > 0; policy and value function
+    weight_decay: float = 0.0             # >= 0
+    beta1: float = 0.9                    # [0, 1)
+    beta2: float = 0.95                   # [0, 1)
+    grad_clip: float = 1.0                # >= 0; per model; 0: off
+    clip: float = 0.2                     # > 0; PPO's ratio clip
+    vf_clip: float = 0.2                  # > 0; value clip, around the rollout's values
+    vf_coef: float = 0.1                  # >= 0
+    gamma: float = 1.0                    # [0, 1]; GAE discount
+    lam: float = 0.95                     # [0, 1]; GAE lambda
+    kl_coef: float = 0.02                 # >= 0; beta (the initial beta when adaptive)
+    kl_kind: str = "k1"                   # k1 | k2 | k3; the KL estimator inside the reward
+    target_kl: float = 0.0                # >= 0; > 0: adapt beta toward this KL per response (nats)
+    kl_horizon: int = 10000               # >= 1; the adaptive controller's horizon, in rollouts
+    no_eos_penalty: float = -1.0          # any, nan; the score of a response without EOS (nan: keep r's)
     whiten_advantages: bool = True
-    log_interval: int = 1
-    sample_interval: int = 10             # print a few samples every this many iterations (0: never)
-    save_interval: int = 20
-    seed: int = 1337
-    device: str = "auto"
-    threads: int = 0
+    # logging, machine
+    log_interval: int = 1                 # >= 1
+    sample_interval: int = 10             # >= 0; print a few samples every this many iterations (0: never)
+    save_interval: int = 20               # >= 1
+    seed: int = 1337                      # [0, 2**32)
+    device: str = "auto"                  # auto | cpu | cuda | cuda:N
+    threads: int = 0                      # [0, 1024]; torch CPU threads (0: torch's default)
     bench: bool = False                   # time iterations on random tiny models and prompts; write nothing
 
 
 def main(argv=None):
     cfg = parse_flags(Config, argv)
-    if cfg.kl_kind not in kernels.KL_KINDS:
-        raise UserError(f"--kl_kind={cfg.kl_kind!r}: choose one of {', '.join(kernels.KL_KINDS)}")
-    for flag in ("batch_size", "minibatches", "ppo_epochs", "max_new_tokens"):
-        if getattr(cfg, flag) < 1:
-            raise UserError(f"--{flag}={getattr(cfg, flag)}: must be at least 1")
-    if cfg.batch_size % cfg.minibatches:
-        raise UserError(f"--minibatches={cfg.minibatches} does not divide --batch_size={cfg.batch_size}")
-    if cfg.temperature <= 0:
-        raise UserError(f"--temperature={cfg.temperature}: must be positive (log-probs divide by it)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     d = distributed.setup(cfg.device)
@@ -116,15 +110,25 @@ def main(argv=None):
         g = torch.Generator().manual_seed(0)
         prompts = torch.randint(0, 256, (1024, 16), generator=g).tolist()   # 16-token prompts
     else:
-        ckpt = run.prepare_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite, d.is_main)
+        ckpt = run.prepare_out_dir(cfg.out_dir, "ppo", cfg.resume, cfg.overwrite)  # checks; writes nothing yet
         ref, tok = run.init_gpt(cfg.init, cfg.tokenizer, dropout=0.0)          # pi_SFT
+        if cfg.max_new_tokens >= ref.config.block_size:
+            raise UserError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in --init's "
+                            f"block_size {ref.config.block_size}; lower it")
         reward, meta = checkpoint.load(cfg.reward)
         if not isinstance(reward, ScalarGPT):
             raise UserError(f"--reward={cfg.reward}: a {meta['kind']} checkpoint, not a reward model")
+        checkpoint.check_vocab(reward, tok, f"--reward={cfg.reward}")
+        if meta.get("tokenizer", "bytes") != tok.name:
+            raise UserError(f"--reward={cfg.reward}: its tokenizer {meta.get('tokenizer', 'bytes')!r} is not "
+                            f"the policy's {tok.name!r}")
         if not meta.get("normalized"):
             distributed.print0(d, f"warning: --reward={cfg.reward} was not normalised on demonstrations",
                                file=sys.stderr)
-        value, _ = run.init_scalar(cfg.value_init or cfg.reward, cfg.tokenizer, dropout=0.0)
+        value, value_tok = run.init_scalar(cfg.value_init or cfg.reward, cfg.tokenizer, dropout=0.0)
+        if value_tok.name != tok.name:
+            raise UserError(f"--value_init={cfg.value_init}: its tokenizer {value_tok.name!r} is not the policy's "
+                            f"{tok.name!r}")
         records = data.fit_prompts(data.read_prompts(cfg.prompts), tok,
                                    ref.config.block_size - cfg.max_new_tokens, cfg.prompts)
         prompts = [tok.encode_prompt(r["prompt"]) for r in records]
@@ -164,7 +168,7 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     it, kl_coef = 0, cfg.kl_coef
     if cfg.resume:
-        state = checkpoint.load_resume(ckpt)
+        state = checkpoint.load_resume(ckpt, keys=("optimizer", "iter", "kl_coef", "value"))
         optimizer.load_state_dict(state["optimizer"])
         value.load_state_dict(state["value"])
         it, kl_coef = state["iter"], state["kl_coef"]
@@ -181,6 +185,8 @@ def main(argv=None):
                                     "value": value.state_dict()})
 
     # ---- the loop ---------------------------------------------------------------------
+    if not cfg.bench:
+        run.claim_out_dir(d, cfg.out_dir, "ppo", cfg.resume, cfg.overwrite)  # models and data loaded: now write
     timer, times = run.Timer(), []
     while it < cfg.max_iters:
         t_start = timer.elapsed()

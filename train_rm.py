@@ -41,41 +41,42 @@ from nanoinstruct.world import LABELERS
 
 @dataclass
 class Config:
+    # data and model
     data: str = "data/world/comparisons.jsonl"         # K-way comparisons (or chosen/rejected pairs)
     val_data: str = "data/world/comparisons_val.jsonl"
     demos: str = "data/world/sft.jsonl"      # demonstrations: the reward is shifted so they average 0
     out_dir: str = "out/rm"
     init: str = "out/sft"                    # the SFT model (or an RM checkpoint, a preset, an HF dir)
     tokenizer: str = "bytes"                 # for a preset or HF init; checkpoints carry theirs
-    block_size: int = 0                      # preset init only: context length (0: the preset's)
+    block_size: int = 0                      # >= 0; preset init only: context length (0: the preset's)
     resume: bool = False
     overwrite: bool = False
-    batch_size: int = 8                      # prompts per micro-step per process (each with its K responses)
-    grad_accum: int = 1
-    epochs: float = 1.0                      # passes over the comparisons (the paper: 1)
-    lr: float = 3e-4
-    min_lr: float = 3e-5
-    warmup_iters: int = 5
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    dropout: float = 0.0
-    eval_interval: int = 50                  # held-out accuracy and a checkpoint every this many steps
-    log_interval: int = 10
-    seed: int = 1337
-    device: str = "auto"
-    threads: int = 0
+    # optimization
+    batch_size: int = 8                      # >= 1; prompts per micro-step per process (each with its K responses)
+    grad_accum: int = 1                      # >= 1
+    epochs: float = 1.0                      # > 0; passes over the comparisons (the paper: 1)
+    lr: float = 3e-4                         # > 0
+    min_lr: float = 3e-5                     # [0, lr]
+    warmup_iters: int = 5                    # >= 0
+    weight_decay: float = 0.1                # >= 0
+    beta1: float = 0.9                       # [0, 1)
+    beta2: float = 0.95                      # [0, 1)
+    grad_clip: float = 1.0                   # >= 0; 0: off
+    dropout: float = 0.0                     # [0, 1)
+    # evaluation, logging, machine
+    eval_interval: int = 50                  # >= 1; held-out accuracy and a checkpoint every this many steps
+    log_interval: int = 10                   # >= 1
+    seed: int = 1337                         # [0, 2**32)
+    device: str = "auto"                     # auto | cpu | cuda | cuda:N
+    threads: int = 0                         # [0, 1024]; torch CPU threads (0: torch's default)
 
 
 def main(argv=None):
     cfg = parse_flags(Config, argv)
-    if cfg.epochs <= 0:
-        raise UserError(f"--epochs={cfg.epochs}: must be positive")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     d = distributed.setup(cfg.device)
-    ckpt = run.prepare_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite, d.is_main)
+    ckpt = run.prepare_out_dir(cfg.out_dir, "rm", cfg.resume, cfg.overwrite)     # checks; writes nothing yet
 
     # ---- model: the SFT trunk + a scalar head ------------------------------------------
     torch.manual_seed(cfg.seed)                                   # the fresh head's weights
@@ -161,7 +162,10 @@ def main(argv=None):
     optimizer = run.make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     it = 0
     if cfg.resume:
-        state = checkpoint.load_resume(ckpt)
+        state = checkpoint.load_resume(ckpt, keys=("optimizer", "iter"))
+        if checkpoint.read_config(ckpt).get("normalized"):  # its bias already shifted: would shift twice
+            raise UserError(f"--resume: {ckpt} is a finished, normalised reward model; train further "
+                            f"from it with --init={cfg.out_dir} and a new --out_dir")
         optimizer.load_state_dict(state["optimizer"])
         it = state["iter"]
         distributed.print0(d, f"resuming {ckpt} at iteration {it}")
@@ -177,6 +181,7 @@ def main(argv=None):
                             resume={"optimizer": optimizer.state_dict(), "iter": it})
 
     # ---- the loop ----------------------------------------------------------------------
+    run.claim_out_dir(d, cfg.out_dir, "rm", cfg.resume, cfg.overwrite)    # models and data loaded: now write
     timer, val_loss, val_acc = run.Timer(), float("nan"), float("nan")
     model.train()
     while it < max_iters:
@@ -214,6 +219,7 @@ def main(argv=None):
         if it % cfg.eval_interval == 0 and it < max_iters:
             if d.is_main:
                 val_loss, val_acc = evaluate(val)
+                run.check_finite(val_loss, "the held-out loss", it, ckpt)
                 print(f"iter {it}: val loss {val_loss:.4f}, val accuracy {val_acc:.3f}", flush=True)
                 run.log_metrics(cfg.out_dir, {"iter": it, "val_loss": val_loss, "val_accuracy": val_acc})
             save({"val_accuracy": val_acc, "normalized": False})
@@ -225,6 +231,7 @@ def main(argv=None):
             model.head.bias -= before                 # now the demonstrations average 0
         after = demo_mean()
         val_loss, val_acc = evaluate(val)
+        run.check_finite(val_loss, "the held-out loss", it, ckpt)
         final = {"iter": it, "val_loss": val_loss, "val_accuracy": val_acc, "labeler_agreement": ceiling,
                  "demo_mean_before": before, "demo_mean": after}
         line = f"val accuracy {100 * val_acc:.1f}% on {n_pairs} held-out pairs"

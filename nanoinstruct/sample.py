@@ -23,16 +23,20 @@ from nanoinstruct.tokenizer import get_tokenizer
 class Config:
     ckpt: str = ""               # checkpoint directory to sample from
     prompt: str = ""             # the instruction; it is wrapped in the prompt template
-    n: int = 4                   # samples
-    max_new_tokens: int = 64
-    temperature: float = 0.7
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
+    n: int = 4                   # >= 1; samples
+    max_new_tokens: int = 64     # >= 1
+    temperature: float = 0.7     # >= 0; 0: greedy
+    top_k: int = 0               # >= 0; 0: off
+    top_p: float = 1.0           # (0, 1]
+    seed: int = 0                # [0, 2**32)
     bench: bool = False          # measure sampling speed instead
-    preset: str = "tiny"         # --bench: model size
-    batch: int = 8               # --bench: rows sampled together
-    threads: int = 0             # torch threads (0: torch's default)
+    preset: str = "tiny"         # tiny | small | gpt2 | gpt2-medium | gpt2-large | gpt2-xl; --bench: model size
+    batch: int = 8               # >= 1; --bench: rows sampled together
+    threads: int = 0             # [0, 1024]; torch threads (0: torch's default)
+
+    def check(self):
+        if not self.bench and not (self.ckpt and self.prompt):
+            raise UserError("--ckpt and --prompt are required (or --bench)")
 
 
 def recompute_greedy(model, prompt, n_new, n_vocab, pad_id):
@@ -46,8 +50,6 @@ def recompute_greedy(model, prompt, n_new, n_vocab, pad_id):
 
 @torch.no_grad()
 def bench(cfg):
-    if cfg.preset not in PRESETS:
-        raise UserError(f"--preset={cfg.preset!r}: choose one of {', '.join(PRESETS)}")
     tok = get_tokenizer("bytes")
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(**PRESETS[cfg.preset], vocab_size=320)).eval()
@@ -75,18 +77,15 @@ def bench(cfg):
 
 
 @torch.no_grad()
-def main():
-    cfg = parse_flags(Config)
+def main(argv=None):
+    cfg = parse_flags(Config, argv)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.bench:
         return bench(cfg)
-    if not cfg.ckpt or not cfg.prompt:
-        raise UserError("--ckpt and --prompt are required (or --bench)")
-    model, meta = checkpoint.load(cfg.ckpt)
+    model, tok, meta = checkpoint.load_with_tokenizer(cfg.ckpt)
     if not isinstance(model, GPT):
         raise UserError(f"--ckpt={cfg.ckpt}: a {meta['kind']} model has no language-model head")
-    tok = get_tokenizer(meta.get("tokenizer", "bytes"))
     model.eval()
     prompt = torch.tensor([tok.encode_prompt(cfg.prompt)] * cfg.n)
     room = model.config.block_size - prompt.shape[1]
