@@ -169,7 +169,7 @@ def main(argv=None):
     it, kl_coef = 0, cfg.kl_coef
     if cfg.resume:
         state = checkpoint.load_resume(ckpt, keys=("optimizer", "iter", "kl_coef", "value"))
-        optimizer.load_state_dict(state["optimizer"])
+        run.load_optimizer(optimizer, state["optimizer"], ckpt)
         value.load_state_dict(state["value"])
         it, kl_coef = state["iter"], state["kl_coef"]
         distributed.print0(d, f"resuming {ckpt} at iteration {it}")
@@ -180,6 +180,9 @@ def main(argv=None):
 
     def save():
         if d.is_main and not cfg.bench:
+            with torch.no_grad():  # the updated weights on the last rollouts: finite, or nothing is saved
+                run.check_finite(response_logprobs(policy, ids[:M], mask[:M], P).sum() + values_of(
+                    value, ids[:M], mask[:M], P).sum(), "the updated models' forward pass", it, ckpt)
             checkpoint.save(ckpt, policy, {"tokenizer": tok.name, "run": asdict(cfg), "iter": it, "kl_coef": kl_coef},
                             resume={"optimizer": optimizer.state_dict(), "iter": it, "kl_coef": kl_coef,
                                     "value": value.state_dict()})
@@ -197,8 +200,11 @@ def main(argv=None):
         batch = [prompt_at((it * W + d.rank) * B + i) for i in range(B)]
         p_ids, p_mask = data.left_pad(batch, tok.pad_id)                       # (B, P)
         p_ids, p_mask, P = p_ids.to(dev), p_mask.to(dev), p_ids.shape[1]
-        response, r_mask = policy.generate(p_ids, p_mask, cfg.max_new_tokens, tok.eos_id, tok.pad_id,
-                                           tok.n_vocab, cfg.temperature, generator=g)  # (B, N)
+        try:
+            response, r_mask = policy.generate(p_ids, p_mask, cfg.max_new_tokens, tok.eos_id, tok.pad_id,
+                                               tok.n_vocab, cfg.temperature, generator=g)  # (B, N)
+        except FloatingPointError:  # the last update diverged
+            run.check_finite(float("nan"), "the policy's logits", it, ckpt)
         ids, mask = data.join(p_ids, p_mask, response, r_mask)                # (B, P+N)
         # 2.-3. log-probs, entropy, values, scores: in the update's minibatches, no grad
         with torch.no_grad():

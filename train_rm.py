@@ -166,7 +166,7 @@ def main(argv=None):
         if checkpoint.read_config(ckpt).get("normalized"):  # its bias already shifted: would shift twice
             raise UserError(f"--resume: {ckpt} is a finished, normalised reward model; train further "
                             f"from it with --init={cfg.out_dir} and a new --out_dir")
-        optimizer.load_state_dict(state["optimizer"])
+        run.load_optimizer(optimizer, state["optimizer"], ckpt)
         it = state["iter"]
         distributed.print0(d, f"resuming {ckpt} at iteration {it}")
     net = DDP(model) if d.ddp else model

@@ -120,7 +120,7 @@ def main(argv=None):
     it = 0
     if cfg.resume:
         state = checkpoint.load_resume(ckpt, keys=("optimizer", "iter"))
-        optimizer.load_state_dict(state["optimizer"])
+        run.load_optimizer(optimizer, state["optimizer"], ckpt)
         it = state["iter"]
         distributed.print0(d, f"resuming {ckpt} at iteration {it}")
     net = DDP(model) if d.ddp else model

@@ -24,7 +24,8 @@ RANGE, for an int or float field (every entry point's numeric fields have one):
     nan                           NaN is allowed too (the help says what it means)
     inf                           +inf is allowed too
     divides F                     the value divides the (earlier) field F
-  A float is finite unless `inf` or `nan` is listed: NaN never passes a comparison silently.
+  A float is finite unless `inf` or `nan` is listed: NaN never passes a comparison silently;
+  and finite means a float32 can hold it (|x| <= 3.4e38): every float flag ends up in one.
 RANGE, for a str field: `a | b | c` (the value is one of them; `cuda:N` stands for cuda:0,
 cuda:1, ...; a cuda value is checked against the GPUs this machine has), or `required`
 (not empty). A str or bool field may have no RANGE: its whole comment is help.
@@ -75,14 +76,23 @@ OS_FIXES = {errno.ENOENT: "check the path", errno.ENOTDIR: "a directory in the p
 
 
 def _memory_message(e):
-    """-> one line for running out of memory, or None if e is not that."""
+    """-> one line for running out of memory (naming the size asked for), or None."""
     text = str(e)
-    if isinstance(e, MemoryError) or "can't allocate memory" in text or "out of memory" in text:
-        size = re.search(r"(?:allocate|Tried to allocate) ([\d.]+ ?[KMGT]?i?B|\d+ bytes)", text)
-        what = f"{size.group(1)} more" if size else "more memory"
-        return (f"out of memory: needed {what} than this machine could give; lower --batch_size "
-                f"(or the model and block size)")
-    return None
+    if not (isinstance(e, MemoryError) or "can't allocate memory" in text or "out of memory" in text):
+        return None
+    size = re.search(r"allocate (\d+) bytes", text)
+    if size:
+        n, unit = float(size.group(1)), "B"
+        for u in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+            if n < 1024:
+                break
+            n, unit = n / 1024, u
+        what = f"{n:.1f} {unit}"
+    else:
+        size = re.search(r"[Tt]ried to allocate ([\d.]+ ?[KMGTP]?i?B)", text)
+        what = size.group(1) if size else "more memory than there is"
+    return (f"out of memory: a tensor of {what} could not be allocated; lower --batch_size "
+            f"(or the model's size or block_size)")
 
 
 def cli_main(main, *args, **kwargs):
@@ -97,6 +107,8 @@ def cli_main(main, *args, **kwargs):
             raise
         where = f"{e.filename}: " if e.filename is not None else ""
         msg = f"{where}{e.strerror or os.strerror(e.errno)} ({OS_FIXES[e.errno]})"
+    except FloatingPointError as e:     # a diverged model (model.generate)
+        msg = str(e)
     except (MemoryError, RuntimeError) as e:
         msg = _memory_message(e)
         if msg is None:
@@ -186,6 +198,11 @@ def fields_of(config_cls):
 # checking a value against its RANGE
 
 OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _finite(x):
+    return math.isfinite(x) and abs(x) <= FLOAT32_MAX
 
 
 def _bound(token, cfg):
@@ -217,10 +234,11 @@ def _check_number(f, value, cfg):
     desc = _describe(m, cfg)
     if isinstance(value, float) and math.isnan(value):
         return None if "nan" in extras else f"must be a number {desc}, not nan".replace("  ", " ")
-    if isinstance(value, float) and math.isinf(value):
-        if value > 0 and "inf" in extras:
+    if isinstance(value, float) and not _finite(value):
+        if value == math.inf and "inf" in extras:
             return None
-        return f"must be a finite number {desc}".rstrip()
+        return f"must be a finite number {desc}".rstrip() + (" (a float32 holds at most 3.4e38)"
+                                                            if math.isfinite(value) else "")
     if m["op"]:
         ok = OPS[m["op"]](value, _bound(m["v"], cfg))
     elif m["lb"]:
@@ -268,8 +286,8 @@ def validate(cfg):
     for f in fields_of(type(cfg)).values():
         value, flag = getattr(cfg, f.name), f"--{f.name}"
         if not f.range or value is None:
-            if f.kind is float and isinstance(value, float) and not math.isfinite(value):
-                raise UserError(f"{flag}={value}: must be a finite number")
+            if f.kind is float and isinstance(value, float) and not _finite(value):
+                raise UserError(f"{flag}={value}: must be a finite number (a float32 holds at most 3.4e38)")
             continue
         if f.kind in (int, float):
             problem = _check_number(f, value, cfg)

@@ -89,6 +89,8 @@ def agreement(comparisons, labeler):
 @torch.no_grad()
 def main(argv=None):
     cfg = parse_flags(Config, argv)
+    if os.path.isdir(cfg.out):
+        raise UserError(f"--out={cfg.out}: a directory; --out names the comparisons file (JSONL) to append to")
     policy, tok, meta = checkpoint.load_with_tokenizer(cfg.policy, cfg.device)
     if not isinstance(policy, GPT):
         raise UserError(f"--policy={cfg.policy}: a {meta['kind']} checkpoint cannot generate")

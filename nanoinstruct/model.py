@@ -235,6 +235,8 @@ class GPT(nn.Module):
         cache = KVCache(self.config.n_layer, P + max_new_tokens)
         mask = prompt_mask.long()
         logits = self(prompt, mask, cache)[:, -1]                       # (B, V)
+        if not torch.isfinite(logits).all():
+            raise FloatingPointError("the model's logits are not finite: its weights have diverged")
         out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=prompt.device)
         done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
         for t in range(max_new_tokens):

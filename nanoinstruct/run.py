@@ -208,6 +208,18 @@ def make_optimizer(model, lr, weight_decay, betas):
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas)
 
 
+def load_optimizer(optimizer, state, ckpt):
+    """Resume the optimizer's moments but keep this run's hyperparameters (lr, betas, weight
+    decay): load_state_dict alone would bring back the saved run's, ignoring the flags."""
+    mine = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(state)
+    except ValueError as e:
+        raise UserError(f"--resume: {ckpt}'s optimizer state does not fit the model ({e})") from None
+    for group, hyper in zip(optimizer.param_groups, mine):
+        group.update(hyper)
+
+
 def lr_at(it, lr, min_lr, warmup, total):
     """Linear warmup for `warmup` steps, then cosine decay to min_lr at `total`."""
     if it < warmup:
