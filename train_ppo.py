@@ -50,21 +50,21 @@ from nanoinstruct.tokenizer import get_tokenizer
 @dataclass
 class Config:
     # models and data
-    init: str = "out/sft"                 # the policy starts here, and this (frozen) is the reference
+    init: str = "out/sft"                 # required; the policy starts here, and this (frozen) is the reference
     tokenizer: str = "bytes"              # for a preset or HF init; checkpoints carry theirs
-    reward: str = "out/rm"                # the reward model (train_rm.py's, normalised)
+    reward: str = "out/rm"                # required; the reward model (train_rm.py's, normalised)
     value_init: str = ""                  # the value function starts here ("": the reward model)
-    prompts: str = "data/world/ppo_prompts.jsonl"
+    prompts: str = "data/world/ppo_prompts.jsonl"  # required; prompts JSONL
     ptx_data: str = "data/world/corpus.jsonl"  # pretraining text, read only when ptx_coef > 0
     ptx_coef: float = 0.0                 # >= 0; gamma of eq. 2: 0 is PPO, > 0 is PPO-ptx
-    ptx_batch_size: int = 8               # >= 1; pretraining rows per minibatch
+    ptx_batch_size: int = 8               # [1, 4096]; pretraining rows per minibatch
     ptx_block_size: int = 128             # >= 1
-    out_dir: str = "out/ppo"
+    out_dir: str = "out/ppo"              # required; the run: ckpt/, metrics.jsonl
     resume: bool = False
     overwrite: bool = False
     # PPO
     max_iters: int = 100                  # >= 1; PPO iterations (rollout + update)
-    batch_size: int = 32                  # >= 1; rollouts per iteration per process
+    batch_size: int = 32                  # [1, 4096]; rollouts per iteration per process
     minibatches: int = 1                  # >= 1, divides batch_size; optimizer steps per epoch over the rollouts
     ppo_epochs: int = 4                   # >= 1
     max_new_tokens: int = 48              # >= 1

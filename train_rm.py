@@ -42,18 +42,18 @@ from nanoinstruct.world import LABELERS
 @dataclass
 class Config:
     # data and model
-    data: str = "data/world/comparisons.jsonl"         # K-way comparisons (or chosen/rejected pairs)
-    val_data: str = "data/world/comparisons_val.jsonl"
-    demos: str = "data/world/sft.jsonl"      # demonstrations: the reward is shifted so they average 0
-    out_dir: str = "out/rm"
-    init: str = "out/sft"                    # the SFT model (or an RM checkpoint, a preset, an HF dir)
+    data: str = "data/world/comparisons.jsonl"         # required; K-way comparisons (or chosen/rejected pairs)
+    val_data: str = "data/world/comparisons_val.jsonl"  # required; held-out, the same format
+    demos: str = "data/world/sft.jsonl"      # required; demonstrations: the reward is shifted so they average 0
+    out_dir: str = "out/rm"                  # required; the run: ckpt/, metrics.jsonl
+    init: str = "out/sft"                    # required; the SFT model (or an RM checkpoint, a preset, an HF dir)
     tokenizer: str = "bytes"                 # for a preset or HF init; checkpoints carry theirs
-    block_size: int = 0                      # >= 0; preset init only: context length (0: the preset's)
+    block_size: int = 0                      # [0, 2**20]; preset init only: context length (0: the preset's)
     resume: bool = False
     overwrite: bool = False
     # optimization
-    batch_size: int = 8                      # >= 1; prompts per micro-step per process (each with its K responses)
-    grad_accum: int = 1                      # >= 1
+    batch_size: int = 8                      # [1, 4096]; prompts per micro-step per process (each with its K responses)
+    grad_accum: int = 1                      # [1, 4096]
     epochs: float = 1.0                      # > 0; passes over the comparisons (the paper: 1)
     lr: float = 3e-4                         # > 0
     min_lr: float = 3e-5                     # [0, lr]

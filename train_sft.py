@@ -35,17 +35,17 @@ from nanoinstruct.cli import UserError, cli_main, parse_flags
 class Config:
     # data and model
     mode: str = "sft"                        # sft | pretrain
-    data: str = "data/world/sft.jsonl"       # demonstrations (sft) or text (pretrain)
-    val_data: str = "data/world/sft_val.jsonl"
-    out_dir: str = "out/sft"
-    init: str = "out/base"                   # a preset (tiny, gpt2, ...), a checkpoint, or an HF GPT-2 dir
+    data: str = "data/world/sft.jsonl"       # required; demonstrations (sft) or text (pretrain)
+    val_data: str = "data/world/sft_val.jsonl"  # required; held-out, the same format
+    out_dir: str = "out/sft"                 # required; the run: ckpt/, metrics.jsonl
+    init: str = "out/base"                   # required; a preset (tiny, gpt2, ...), a checkpoint, or an HF GPT-2 dir
     tokenizer: str = "bytes"                 # for a preset or HF init; checkpoints carry theirs
-    block_size: int = 0                      # >= 0; preset init only: context length (0: the preset's)
+    block_size: int = 0                      # [0, 2**20]; preset init only: context length (0: the preset's)
     resume: bool = False                     # continue out_dir's checkpoint
     overwrite: bool = False                  # start over in an out_dir that holds a checkpoint
     # optimization
-    batch_size: int = 32                     # >= 1; sequences per micro-step per process
-    grad_accum: int = 1                      # >= 1; micro-steps per optimizer step
+    batch_size: int = 32                     # [1, 4096]; sequences per micro-step per process
+    grad_accum: int = 1                      # [1, 4096]; micro-steps per optimizer step
     max_iters: int = 600                     # >= 1; optimizer steps
     lr: float = 1e-3                         # > 0; peak learning rate
     min_lr: float = 1e-4                     # [0, lr]; cosine decay ends here

@@ -33,11 +33,11 @@ class Config:
     policy: str = ""              # required; checkpoint to sample from (e.g. out/sft)
     prompts: str = ""             # required; prompts JSONL
     out: str = ""                 # required; comparisons JSONL, appended to (a rerun resumes)
-    k: int = 4                    # >= 2; responses per prompt (the paper: 4 to 9)
+    k: int = 4                    # [2, 100]; responses per prompt (the paper: 4 to 9)
     labeler: str = "train"        # train | heldout | human
     max_new_tokens: int = 48      # >= 1
     temperature: float = 1.0      # > 0; sampling temperature (the K responses must differ)
-    batch_size: int = 32          # >= 1; prompts sampled together (x k rows)
+    batch_size: int = 32          # [1, 4096]; prompts sampled together (x k rows)
     limit: int = 0                # >= 0; label at most this many prompts (0: all)
     seed: int = 0                 # [0, 2**32)
     device: str = "cpu"           # cpu | cuda | cuda:N

@@ -75,8 +75,8 @@ class Config:
     baseline: str = "sft"        # the name win rates are measured against
     versus: str = ""             # extra head-to-head win rates, A:B,... (e.g. ppo_ptx:sft_large)
     labeler: str = "heldout"     # the judge; a comma list adds the others' win rates and gold scores
-    prompts: str = "data/world/eval_prompts.jsonl"
-    heldout: str = "data/world/corpus_heldout.jsonl"   # pretraining text no model trained on
+    prompts: str = "data/world/eval_prompts.jsonl"  # required; the world's evaluation prompts
+    heldout: str = "data/world/corpus_heldout.jsonl"   # required; pretraining text no model trained on
     heldout_tokens: int = 50_000  # >= 0; at most this many tokens of it (0: all)
     demos: str = "data/world/sft.jsonl"     # where the few-shot examples come from
     shots: int = 2               # >= 0
@@ -84,14 +84,14 @@ class Config:
     comparisons: str = "data/world/comparisons_val.jsonl"
     seconds: str = ""            # a file of "STAGE SECONDS" lines to copy into the report
     # the report
-    out_dir: str = "out/eval"
+    out_dir: str = "out/eval"    # required; report.json, report.md, report.png go here
     overwrite: bool = False
     aggregate: str = ""          # report.json files of several seeds to merge (instead of evaluating)
     # sampling, machine
-    samples: int = 4             # >= 1; responses per prompt and policy
+    samples: int = 4             # [1, 1000]; responses per prompt and policy
     max_new_tokens: int = 48     # >= 1
     temperature: float = 1.0     # >= 0; 0: greedy
-    batch_size: int = 128        # >= 1; rows sampled together
+    batch_size: int = 128        # [1, 4096]; rows sampled together
     seed: int = 0                # [0, 2**32)
     device: str = "cpu"          # cpu | cuda | cuda:N
     threads: int = 0             # [0, 1024]; torch CPU threads (0: torch's default)
@@ -340,8 +340,11 @@ def main(argv=None):
             model.eval()
             loaded[path] = (model, tok, pretrain_loss(model, tok, held, cfg.heldout_tokens, cfg.device))
         model, tok, ploss = loaded[path]
-        fitting = data.fit_prompts(prompts, tok, model.config.block_size - cfg.max_new_tokens
-                                   - len(tok.encode(prefix if name in prompted else "")), cfg.prompts)
+        room = model.config.block_size - cfg.max_new_tokens - len(tok.encode(prefix if name in prompted else ""))
+        if room < 1:  # only a prefix can do this: --max_new_tokens alone was checked at loading
+            raise UserError(f"--shots={cfg.shots}: the few-shot prefix with --max_new_tokens={cfg.max_new_tokens} "
+                            f"fills {name}'s block_size {model.config.block_size}; lower --shots")
+        fitting = data.fit_prompts(prompts, tok, room, cfg.prompts)
         if len(fitting) < len(prompts):
             raise UserError(f"--prompts={cfg.prompts}: {len(prompts) - len(fitting)} prompts do not fit "
                             f"{name}'s block_size with --max_new_tokens={cfg.max_new_tokens}; lower it")

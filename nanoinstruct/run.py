@@ -116,6 +116,9 @@ def prepare_out_dir(out_dir, stage, resume, overwrite):
         raise UserError(f"{flag}: a symlink to {os.readlink(out_dir)}, which does not exist")
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"{flag}: a file, not a directory")
+    if os.path.isfile(os.path.join(out_dir, "model.safetensors")):
+        raise UserError(f"{flag}: a checkpoint directory; --out_dir names the run's directory, which "
+                        f"keeps its checkpoint in {checkpoint.CKPT}/")
     for p in (ckpt, ckpt + ".old"):
         if os.path.islink(p):
             raise UserError(f"{flag}: {p} is a symlink (to {os.readlink(p)}); a run writes its own "

@@ -23,7 +23,7 @@ from nanoinstruct.tokenizer import get_tokenizer
 class Config:
     ckpt: str = ""               # checkpoint directory to sample from
     prompt: str = ""             # the instruction; it is wrapped in the prompt template
-    n: int = 4                   # >= 1; samples
+    n: int = 4                   # [1, 4096]; samples
     max_new_tokens: int = 64     # >= 1
     temperature: float = 0.7     # >= 0; 0: greedy
     top_k: int = 0               # >= 0; 0: off
@@ -31,7 +31,7 @@ class Config:
     seed: int = 0                # [0, 2**32)
     bench: bool = False          # measure sampling speed instead
     preset: str = "tiny"         # tiny | small | gpt2 | gpt2-medium | gpt2-large | gpt2-xl; --bench: model size
-    batch: int = 8               # >= 1; --bench: rows sampled together
+    batch: int = 8               # [1, 4096]; --bench: rows sampled together
     threads: int = 0             # [0, 1024]; torch threads (0: torch's default)
 
     def check(self):

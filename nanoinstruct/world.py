@@ -366,9 +366,9 @@ def build(seed, corpus_docs=12000, heldout_frac=0.05, sizes=SPLITS):
 
 @dataclass
 class Config:
-    out: str = "data/world"     # directory to write the JSONL files to
+    out: str = "data/world"     # required; directory to write the JSONL files to
     seed: int = 0               # [0, 2**32)
-    corpus_docs: int = 12000    # >= 20; pretraining documents (5 % held out)
+    corpus_docs: int = 12000    # [20, 1000000]; pretraining documents (5 % held out)
     overwrite: bool = False     # replace the files of a world already in --out
 
 

@@ -59,7 +59,7 @@ def test_human_labeler_through_stdin(setup):
 
 
 @pytest.mark.parametrize("flags, msg", [
-    (["--k=1"], "--k=1: must be >= 2"),
+    (["--k=1"], "--k=1: must be in [2, 100]"),
     (["--labeler=bob"], "--labeler='bob'"),
 ])
 def test_bad_flags(setup, flags, msg):
