@@ -58,15 +58,17 @@ def _ours(tmp):
     return not names or PARTIAL in names
 
 
-def _recover(path):
-    """Writer side: finish a replacement interrupted between its two renames, and remove
-    temporaries left by a killed save."""
+def recover(path):
+    """Writer side (a run that holds the out dir): finish a save killed between or after
+    its renames, and remove the temporaries a killed save left."""
     old = path + ".old"
     if os.path.isdir(old):
         if os.path.isdir(path):
             shutil.rmtree(old)            # killed after the swap: the old copy is stale
         else:
             os.rename(old, path)          # killed between the renames: put the old one back
+    if os.path.isfile(os.path.join(path, PARTIAL)):
+        os.remove(os.path.join(path, PARTIAL))   # killed just after the swap: complete all the same
     parent, base = os.path.dirname(path) or ".", os.path.basename(path)
     for name in os.listdir(parent):
         if name.startswith(base + ".tmp-") and _ours(os.path.join(parent, name)):
@@ -101,7 +103,7 @@ def atomic_dir(path):
     path = os.path.normpath(path)
     parent = os.path.dirname(path) or "."
     os.makedirs(parent, exist_ok=True)
-    _recover(path)
+    recover(path)
     tmp = f"{path}.tmp-{os.getpid()}"
     os.makedirs(tmp)                      # (not mkdtemp: that makes it 0700)
     open(os.path.join(tmp, PARTIAL), "w").close()

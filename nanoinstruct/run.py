@@ -190,6 +190,7 @@ def claim_out_dir(d, out_dir, stage, resume, overwrite):
             f.truncate()
             f.write(json.dumps({"stage": stage, "pid": os.getpid()}))
             f.flush()
+            checkpoint.recover(os.path.join(out_dir, checkpoint.CKPT))  # finish a save that was killed
             if not resume:  # a fresh run starts a fresh log
                 open(os.path.join(out_dir, "metrics.jsonl"), "w").close()
         except OSError as e:
