@@ -87,12 +87,11 @@ def _memory_message(e):
             if n < 1024:
                 break
             n, unit = n / 1024, u
-        what = f"{n:.1f} {unit}"
+        what = f"a tensor of {n:.1f} {unit}"
     else:
         size = re.search(r"[Tt]ried to allocate ([\d.]+ ?[KMGTP]?i?B)", text)
-        what = size.group(1) if size else "more memory than there is"
-    return (f"out of memory: a tensor of {what} could not be allocated; lower --batch_size "
-            f"(or the model's size or block_size)")
+        what = f"a tensor of {size.group(1)}" if size else "more"
+    return f"out of memory: could not allocate {what}; lower --batch_size (or the model's size or block_size)"
 
 
 def cli_main(main, *args, **kwargs):
@@ -187,10 +186,15 @@ def fields_of(config_cls):
                 current.help = f"{current.help} {text}".strip()
         elif not line:
             current = None
-    for f in out.values():
-        if f.range and f.kind in (int, float) and not RANGE.match(f.range):
-            raise ValueError(f"{config_cls.__qualname__}.{f.name}: range {f.range!r} does not "
-                             f"follow the grammar in nanoinstruct/cli.py")
+    for i, f in enumerate(out.values()):
+        if not f.range or f.kind not in (int, float):
+            continue
+        m = RANGE.match(f.range)
+        named = [t for t in (m and (m["v"], m["lo"], m["hi"]) or ()) if t and not re.fullmatch(NUMBER, t)]
+        named += re.findall(r"divides\s+(\w+)", m["extras"]) if m else []
+        if not m or not set(named) <= set(list(out)[:i]):
+            raise ValueError(f"{config_cls.__qualname__}.{f.name}: range {f.range!r} does not follow the "
+                             f"grammar in nanoinstruct/cli.py (a name in it must be an earlier field)")
     return out
 
 

@@ -244,3 +244,40 @@ def test_sigkill_at_every_point_of_a_save_then_resume_is_bit_identical(tmp_path,
     # the kills left every state a save passes through: before, tmp only, between the renames, after
     assert {("ckpt.old" in s, "ckpt" in s, any(".tmp-" in n for n in s)) for s in states} >= {
         (False, True, False), (False, True, True), (True, False, True), (True, True, False)}, states
+
+
+def test_a_non_finite_model_or_optimizer_state_is_never_saved(tmp_path):
+    path = str(tmp_path / "c")
+    m = GPT(CFG)
+    with pytest.raises(UserError, match=r"No checkpoint was saved to .*c\."):
+        with torch.no_grad():
+            m.transformer.h[0].mlp.c_fc.weight[3, 1] = float("nan")
+        checkpoint.save(path, m, {"iter": 5})
+    assert os.listdir(tmp_path) == []
+    checkpoint.save(path, GPT(CFG), {"iter": 4})
+    before = open(os.path.join(path, "model.safetensors"), "rb").read()
+    with pytest.raises(UserError, match=r"transformer.h.0.mlp.c_fc.weight is not finite at iteration 5; stopped "
+                                        r"without saving .* The last good checkpoint is .*c \(iteration 4\), untouched"):
+        checkpoint.save(path, m, {"iter": 5})
+    state = {"optimizer": {"state": {0: {"exp_avg": torch.tensor([1.0, float("inf")])}}}}
+    with pytest.raises(UserError, match=r"resume.optimizer.state.0.exp_avg is not finite"):
+        checkpoint.save(path, GPT(CFG), {"iter": 5}, resume=state)
+    assert open(os.path.join(path, "model.safetensors"), "rb").read() == before
+    assert sorted(os.listdir(tmp_path)) == ["c"]
+
+
+def test_only_our_own_temporaries_are_cleared(tmp_path):
+    path = str(tmp_path / "c")
+    (tmp_path / "c.tmp-123").mkdir()
+    (tmp_path / "c.tmp-123" / "notes.txt").write_text("mine")          # a user's directory
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    ours = tmp_path / f"c.tmp-{dead.stdout.strip()}"                     # a killed save of ours
+    ours.mkdir()
+    (ours / checkpoint.PARTIAL).touch()
+    (ours / "model.safetensors").write_bytes(b"half")
+    live = tmp_path / f"c.tmp-{os.getppid()}"                          # a live process's save
+    live.mkdir()
+    (live / checkpoint.PARTIAL).touch()
+    checkpoint.save(path, GPT(CFG), {})
+    assert sorted(os.listdir(tmp_path)) == sorted(["c", "c.tmp-123", live.name])
+    assert sorted(os.listdir(path)) == ["config.json", "model.safetensors"]

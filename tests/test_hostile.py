@@ -484,7 +484,7 @@ SUBPROCESS = [
     (["-m", "nanoinstruct.world", "--out={w}"], "already holds corpus.jsonl"),
     # GPT-2 XL's 1.5B parameters in a process allowed 3 GB of address space
     (["train_sft.py", "--init=gpt2-xl", "--data={w}/sft.jsonl", "--val_data={w}/sft_val.jsonl",
-      "--out_dir={t}/out"], "out of memory: a tensor of"),
+      "--out_dir={t}/out"], "out of memory: could not allocate a tensor of"),
 ]
 
 
