@@ -109,8 +109,6 @@ def prepare_out_dir(out_dir, stage, resume, overwrite):
     checkpoint unless told to (--overwrite), never into a directory that holds something
     else, and --resume needs a checkpoint of the same stage. -> the checkpoint path."""
     flag = f"--out_dir={out_dir}"
-    if not out_dir:
-        raise UserError("--out_dir is empty: name a directory for the run")
     ckpt = os.path.join(out_dir, checkpoint.CKPT)
     if os.path.islink(out_dir) and not os.path.exists(out_dir):
         raise UserError(f"{flag}: a symlink to {os.readlink(out_dir)}, which does not exist")
@@ -134,8 +132,9 @@ def prepare_out_dir(out_dir, stage, resume, overwrite):
         if not exists:
             raise UserError(f"--resume: {out_dir} has no checkpoint to resume")
         theirs = (marker or {}).get("stage")
-        if theirs is None:  # a run from before markers: the checkpoint's kind tells an RM apart
-            theirs = "rm" if checkpoint.read_config(ckpt)["kind"] == "scalar" else stage if stage != "rm" else "sft"
+        if theirs is None:  # a run from before markers: only the checkpoint's kind tells
+            kind = checkpoint.read_config(ckpt)["kind"]
+            theirs = stage if kind == KIND[stage] else {"scalar": "rm", "gpt": "sft or ppo"}[kind]
         if theirs != stage:
             raise UserError(f"--resume: {out_dir} holds a {theirs} run, not a {stage} run; "
                             f"start a new run from it with --init={out_dir}")
@@ -151,9 +150,9 @@ def prepare_out_dir(out_dir, stage, resume, overwrite):
     return ckpt
 
 
-def _lock(out_dir, stage):
-    """Hold the marker's lock for the rest of this process (a second run stops), and say
-    in the marker which stage and process hold it."""
+def _lock(out_dir):
+    """Hold the marker's lock for the rest of this process: a second run stops, naming the
+    pid the marker holds."""
     key, path = os.path.realpath(out_dir), os.path.join(out_dir, MARKER)
     f = _locks.get(key)                    # held by an earlier run in this process: it has ended
     if f is not None and (not os.path.exists(path) or os.stat(path).st_ino != os.fstat(f.fileno()).st_ino):
@@ -184,7 +183,7 @@ def claim_out_dir(d, out_dir, stage, resume, overwrite):
         try:
             prepare_out_dir(out_dir, stage, resume, overwrite)
             os.makedirs(out_dir, exist_ok=True)
-            f = _lock(out_dir, stage)
+            f = _lock(out_dir)
             prepare_out_dir(out_dir, stage, resume, overwrite)   # under the lock: no one else moves
             f.seek(0)
             f.truncate()

@@ -502,3 +502,36 @@ def test_for_real(env, tmp_path, argv, expected):
     assert [line for line in r.stderr.splitlines() if line.startswith("error:")] == [r.stderr.strip().splitlines()[-1]]
     assert expected in r.stderr, r.stderr
     assert snapshot(env["root"], tmp_path) == before
+
+
+def test_a_second_process_in_the_same_out_dir_stops_naming_the_first(env, tmp_path, capsys):
+    """Two processes, for real: one holds the out dir (claim_out_dir, then waits); a run
+    in this process stops with the holder's pid and leaves the dir as it was."""
+    copy("sft")(tmp_path, env)
+    out = tmp_path / "sft"
+    code = ("import sys, time; from nanoinstruct import distributed, run\n"
+            f"run.claim_out_dir(distributed.Dist(), {str(out)!r}, 'sft', True, False)\n"
+            "print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = snapshot(tmp_path)
+        status, err = run_row("sft", fill(BASE["sft"] + ["--out_dir={t}/sft", "--resume", "--max_iters=3"],
+                                          env, tmp_path), capsys)
+        assert status == 2 and f"another run (pid {holder.pid}) is using it" in err, err
+        assert snapshot(tmp_path) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    status, err = run_row("sft", fill(BASE["sft"] + ["--out_dir={t}/sft", "--resume", "--max_iters=3"],
+                                      env, tmp_path), capsys)
+    assert status == 0, err                                   # the lock died with its holder
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only (0555) directory anyway")
+def test_a_read_only_out_dir_is_one_line(env, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    status, err = run_row("sft", fill(BASE["sft"] + ["--out_dir={t}/ro/out"], env, tmp_path), capsys)
+    assert status == 2 and f"{ro} is not writable" in err, err
