@@ -204,7 +204,7 @@ def main(argv=None):
             response, r_mask = policy.generate(p_ids, p_mask, cfg.max_new_tokens, tok.eos_id, tok.pad_id,
                                                tok.n_vocab, cfg.temperature, generator=g)  # (B, N)
         except FloatingPointError:  # the last update diverged
-            run.check_finite(float("nan"), "the policy's logits", it, ckpt)
+            raise run.stopped("the policy's logits are not finite", it, ckpt) from None
         ids, mask = data.join(p_ids, p_mask, response, r_mask)                # (B, P+N)
         # 2.-3. log-probs, entropy, values, scores: in the update's minibatches, no grad
         with torch.no_grad():

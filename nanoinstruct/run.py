@@ -122,7 +122,7 @@ def prepare_out_dir(out_dir, stage, resume, overwrite):
             raise UserError(f"{flag}: {p} is a symlink (to {os.readlink(p)}); a run writes its own "
                             f"checkpoint directory: remove the link or choose another --out_dir")
     exists = os.path.isdir(ckpt) or os.path.isdir(ckpt + ".old")
-    marker = _marker(out_dir)
+    log, marker = os.path.join(out_dir, "metrics.jsonl"), _marker(out_dir)
     if os.path.isdir(out_dir) and marker is None and not exists:
         names = sorted(n for n in os.listdir(out_dir) if n != MARKER)
         if names:
@@ -140,6 +140,9 @@ def prepare_out_dir(out_dir, stage, resume, overwrite):
                             f"start a new run from it with --init={out_dir}")
     elif exists and not overwrite:
         raise UserError(f"{flag} already holds a checkpoint; pass --resume to continue it or "
+                        f"--overwrite to start over")
+    elif not overwrite and os.path.isfile(log) and os.path.getsize(log):
+        raise UserError(f"{flag} holds the log (metrics.jsonl) of a run that saved no checkpoint; pass "
                         f"--overwrite to start over")
     parent = out_dir
     while not os.path.exists(parent):
@@ -238,13 +241,18 @@ def autocast(device):
     return contextlib.nullcontext()
 
 
+def stopped(what, it, ckpt):
+    """The UserError that stops a diverged run, saying which checkpoint is intact (saves
+    refuse non-finite weights, so the last one on disk is good)."""
+    return UserError(f"{what} at iteration {it}; stopped. " + (checkpoint.intact(ckpt) if ckpt else
+                                                                "Nothing was saved."))
+
+
 def check_finite(x, what, it, ckpt):
-    """Stop the run on a non-finite loss (a tensor or a float), saying which checkpoint is
-    intact (saves refuse non-finite weights, so the last one on disk is good)."""
+    """Stop the run on a non-finite loss (a tensor or a float)."""
     value = x.item() if torch.is_tensor(x) else x
     if not math.isfinite(value):
-        where = checkpoint.intact(ckpt) if ckpt else "Nothing was saved."
-        raise UserError(f"{what} is {value} at iteration {it}; stopped. {where}")
+        raise stopped(f"{what} is {value}", it, ckpt)
 
 
 def matmul_peak(device, n=1024, reps=10):

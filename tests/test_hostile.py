@@ -305,6 +305,8 @@ ROWS = [
     ("sft", ["--out_dir={t}/mine", "--overwrite"], "holds files that are not a nanoinstruct run (metrics.jsonl)",
      write("mine/metrics.jsonl", '{"mine": 1}\n')),
     ("sft", ["--out_dir={t}/sft"], "already holds a checkpoint; pass --resume", copy("sft")),
+    ("sft", ["--out_dir={t}/sft"], "holds the log (metrics.jsonl) of a run that saved no checkpoint",
+     both(copy("sft"), lambda t, p: shutil.rmtree(t / "sft" / "ckpt"))),
     ("sft", ["--out_dir={t}/fresh", "--resume"], "--resume: {t}/fresh has no checkpoint to resume"),
     ("sft", ["--out_dir={t}/sft", "--overwrite", "--data={t}/bad.jsonl"], "bad.jsonl:2: response: missing",
      both(copy("sft"), write("bad.jsonl", BAD))),
@@ -368,7 +370,7 @@ KEEP_CKPT = [  # rows that diverge: the run may log, but the checkpoint it had m
     ("sft", ["--lr=1e30", "--max_iters=1", "--warmup_iters=0"], "No checkpoint was saved to"),
     ("rm", ["--lr=1e30", "--warmup_iters=0", "--eval_interval=1"], "No checkpoint was saved to"),
     ("ppo", ["--lr=1e30"], "is nan at iteration 1; stopped. No checkpoint was saved to {t}/out/ckpt"),
-    ("ppo", ["--lr=1e30", "--max_iters=3", "--save_interval=5"], "the policy's logits is nan at iteration 1"),
+    ("ppo", ["--lr=1e30", "--max_iters=3", "--save_interval=5"], "the policy's logits are not finite at iteration 1; stopped. No checkpoint"),
     ("ppo", ["--out_dir={t}/ppo", "--resume", "--lr=1e30", "--max_iters=3", "--save_interval=1"],
      "The last good checkpoint is {t}/ppo/ckpt (iteration 1), untouched", copy("ppo")),
 ]
