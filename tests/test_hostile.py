@@ -365,6 +365,9 @@ ROWS = [
     ("evaluate", ["--prompted=sft", "--shots=1000"], "--shots=1000: the few-shot prefix with --max_new_tokens=8 fills"),
 ]
 KEEP_CKPT = [  # rows that diverge: the run may log, but the checkpoint it had must survive
+    ("sft", ["--out_dir={t}/sft", "--resume", "--lr=1e10", "--eval_interval=1", "--max_iters=6"],
+     "the held-out loss is nan at iteration 3; stopped. The last good checkpoint is {t}/sft/ckpt (iteration 2)",
+     copy("sft")),
     ("sft", ["--out_dir={t}/sft", "--resume", "--lr=1e30", "--warmup_iters=0", "--eval_interval=1", "--max_iters=4"],
      "The last good checkpoint is {t}/sft/ckpt (iteration 2), untouched", copy("sft")),
     ("sft", ["--lr=1e30", "--max_iters=1", "--warmup_iters=0"], "No checkpoint was saved to"),
