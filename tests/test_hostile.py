@@ -540,3 +540,18 @@ def test_a_read_only_out_dir_is_one_line(env, tmp_path, capsys):
     ro.chmod(0o555)
     status, err = run_row("sft", fill(BASE["sft"] + ["--out_dir={t}/ro/out"], env, tmp_path), capsys)
     assert status == 2 and f"{ro} is not writable" in err, err
+
+
+def test_under_torchrun_every_rank_stops_on_a_held_out_dir(env, tmp_path):
+    """Rank 0 takes the lock; when it cannot, every rank stops with the same line at once
+    (none waits for rank 0 at the next collective)."""
+    locked("sft")(tmp_path, env)
+    before = snapshot(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "train_sft.py", *fill(BASE["sft"] + ["--out_dir={t}/sft", "--resume", "--max_iters=3",
+                                                             "--batch_size=2"], env, tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode != 0
+    assert r.stderr.count("error: --out_dir=") == 2 and r.stderr.count("another run (pid 4242) is using it") == 2, \
+        r.stderr[-3000:]
+    assert snapshot(tmp_path) == before
