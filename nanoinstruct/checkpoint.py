@@ -190,16 +190,21 @@ def _check_model(file, m):
         raise UserError(f"{file}: model.dropout is {m['dropout']}, expected [0, 1)")
 
 
+def read_json(file):
+    """A JSON file (a config.json, a report.json); a UserError at file:line if it is not JSON."""
+    try:
+        with open(file) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{file}:{getattr(e, 'lineno', 1)}: not valid JSON: {getattr(e, 'msg', e)}") from None
+
+
 def read_config(path):
     path = readable(path)
     file = os.path.join(path, "config.json")
     if not os.path.isfile(file):
         raise UserError(f"{path}: not a checkpoint (no config.json)")
-    try:
-        with open(file) as f:
-            config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{file}:{getattr(e, 'lineno', 1)}: not valid JSON: {getattr(e, 'msg', e)}") from None
+    config = read_json(file)
     if not isinstance(config, dict) or config.get("kind") not in KINDS or "model" not in config:
         raise UserError(f"{file}: not a nanoinstruct checkpoint config (needs kind and model)")
     _check_model(file, config["model"])

@@ -50,7 +50,6 @@ whose numbers are the means, with the spread (the standard deviation over seeds)
 """
 
 import itertools
-import json
 import os
 import sys
 import time
@@ -274,11 +273,7 @@ def read_report(path):
     """A report.json of evaluate's, for --aggregate."""
     if not os.path.isfile(path):
         raise UserError(f"--aggregate: {path}: no such file")
-    try:
-        with open(path) as f:
-            report = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"--aggregate: {path}:{getattr(e, 'lineno', 1)}: not valid JSON") from None
+    report = checkpoint.read_json(path)
     if not isinstance(report, dict) or not {"models", "baseline", "labeler"} <= set(report) \
             or not isinstance(report["models"], dict):
         raise UserError(f"--aggregate: {path}: not a report.json of evaluate (needs models, baseline, labeler)")

@@ -40,7 +40,7 @@ def init_gpt(spec, tokenizer, dropout, block_size=None):
     if not os.path.isdir(path):
         raise UserError(f"--init={spec}: not a preset ({', '.join(PRESETS)}) nor a directory")
     hf_config = os.path.join(path, "config.json")
-    if os.path.isfile(hf_config) and "model_type" in _json(hf_config):
+    if os.path.isfile(hf_config) and "model_type" in checkpoint.read_json(hf_config):
         tok = get_tokenizer(tokenizer)
         model = GPT.from_hf(path, dropout=dropout, vocab_size=64 * math.ceil(tok.n_vocab / 64))
         return model, tok
@@ -50,14 +50,6 @@ def init_gpt(spec, tokenizer, dropout, block_size=None):
     fresh = GPT(dataclasses.replace(model.config, dropout=dropout))  # dropout: this run's
     fresh.load_state_dict(model.state_dict())
     return fresh, tok
-
-
-def _json(file):
-    try:
-        with open(file) as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{file}:{getattr(e, 'lineno', 1)}: not valid JSON: {getattr(e, 'msg', e)}") from None
 
 
 def init_scalar(spec, tokenizer, dropout, block_size=None):
