@@ -57,7 +57,7 @@ COLLECT = --k=4 --labeler=train
 # ranks that policy's samples on the same prompts, and the final reward model learns from both.
 pipeline:
 	mkdir -p $(DIR)/data && rm -f $(DIR)/seconds.txt $(DIR)/data/comparisons*.jsonl
-	$(T0) $(PY) -m nanoinstruct.world --out=$(DIR)/data --seed=$(SEED) $(call took,world)
+	$(T0) $(PY) -m nanoinstruct.world --out=$(DIR)/data --seed=$(SEED) --overwrite $(call took,world)
 	$(T0) $(PY) train_sft.py $(PRETRAIN) --init=tiny --out_dir=$(DIR)/base --overwrite $(call took,pretrain)
 	$(T0) $(PY) train_sft.py $(SFT) --init=$(DIR)/base --out_dir=$(DIR)/sft --overwrite $(call took,sft)
 	$(PY) -m nanoinstruct.sample --ckpt=$(DIR)/base --prompt="Is 14 odd or even?" --n=2

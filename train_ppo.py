@@ -60,49 +60,52 @@ from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
 
 @dataclass
 class Config:
-    init: str = "out/sft"                 # the policy starts here, and this (frozen) is the reference
-    tokenizer: str = ""              # "": bytes for a preset, an HF dir's own files; checkpoints carry theirs
-    template: str = ""                    # instruction | dialogue; "": the init's (the reward model's must match)
-    reward: str = "out/rm"                # the reward model (train_rm.py's, normalised)
+    # models and data
+    init: str = "out/sft"                 # required; the policy starts here, and this (frozen) is the reference
+    tokenizer: str = ""                   # "" (bytes for a preset, an HF dir's own files), a tiktoken name or a .tiktoken file
+    template: str = ""                    # instruction or dialogue; "" the init's (the reward model's must match)
+    reward: str = "out/rm"                # required; the reward model (train_rm.py's, normalised)
     value_init: str = ""                  # the value function starts here ("": the reward model)
-    prompts: str = "data/world/ppo_prompts.jsonl"
+    prompts: str = "data/world/ppo_prompts.jsonl"  # required; prompts JSONL
     ptx_data: str = "data/world/corpus.jsonl"  # pretraining text, read only when ptx_coef > 0
-    ptx_coef: float = 0.0                 # gamma of eq. 2: 0 is PPO, > 0 is PPO-ptx
-    ptx_batch_size: int = 8               # pretraining rows per minibatch
-    ptx_block_size: int = 128
-    out_dir: str = "out/ppo"
+    ptx_coef: float = 0.0                 # >= 0; gamma of eq. 2: 0 is PPO, > 0 is PPO-ptx
+    ptx_batch_size: int = 8               # [1, 4096]; pretraining rows per minibatch
+    ptx_block_size: int = 128             # >= 1
+    out_dir: str = "out/ppo"              # required; the run: ckpt/, metrics.jsonl
     resume: bool = False
     overwrite: bool = False
-    max_iters: int = 100                  # PPO iterations (rollout + update)
-    batch_size: int = 32                  # rollouts per iteration per process
-    minibatches: int = 1                  # optimizer steps per epoch over the rollouts
-    ppo_epochs: int = 4
-    max_new_tokens: int = 48
-    temperature: float = 1.0              # sampling, and every log-prob of the policy and reference
-    lr: float = 1e-4                      # policy and value function
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0                # per model; 0: off
-    clip: float = 0.2                     # PPO's ratio clip
-    vf_clip: float = 0.2                  # value clip, around the rollout's values
-    vf_lr: float = 0.0                    # the value function's learning rate (0: --lr)
-    gamma: float = 1.0                    # GAE discount
-    lam: float = 0.95                     # GAE lambda
-    kl_coef: float = 0.02                 # beta (the initial beta when adaptive)
-    kl_kind: str = "k1"                   # k1 | k2 | k3: the KL estimator inside the reward
-    target_kl: float = 0.0                # > 0: adapt beta toward this KL per response (nats)
-    kl_horizon: int = 10000               # the adaptive controller's horizon, in rollouts
-    no_eos_penalty: float = -1.0          # the score of a response without EOS (nan: keep r's)
+    # PPO
+    max_iters: int = 100                  # >= 1; PPO iterations (rollout + update)
+    batch_size: int = 32                  # [1, 4096]; rollouts per iteration per process
+    minibatches: int = 1                  # >= 1, divides batch_size; optimizer steps per epoch over the rollouts
+    ppo_epochs: int = 4                   # >= 1
+    max_new_tokens: int = 48              # >= 1
+    temperature: float = 1.0              # > 0; sampling, and every log-prob of the policy and reference
+    lr: float = 1e-4                      # > 0; the policy's
+    weight_decay: float = 0.0             # >= 0
+    beta1: float = 0.9                    # [0, 1)
+    beta2: float = 0.95                   # [0, 1)
+    grad_clip: float = 1.0                # >= 0; per model; 0: off
+    clip: float = 0.2                     # > 0; PPO's ratio clip
+    vf_clip: float = 0.2                  # > 0; value clip, around the rollout's values
+    vf_lr: float = 0.0                    # >= 0; the value function's learning rate (0: --lr)
+    gamma: float = 1.0                    # [0, 1]; GAE discount
+    lam: float = 0.95                     # [0, 1]; GAE lambda
+    kl_coef: float = 0.02                 # >= 0; beta (the initial beta when adaptive)
+    kl_kind: str = "k1"                   # k1 | k2 | k3; the KL estimator inside the reward
+    target_kl: float = 0.0                # >= 0; > 0: adapt beta toward this KL per response (nats)
+    kl_horizon: int = 10000               # >= 1; the adaptive controller's horizon, in rollouts
+    no_eos_penalty: float = -1.0          # any, nan; the score of a response without EOS (nan: keep r's)
     whiten_advantages: bool = True
-    log_interval: int = 1
-    sample_interval: int = 10             # print a few samples every this many iterations (0: never)
-    save_interval: int = 20
-    seed: int = 1337
-    device: str = "auto"
-    threads: int = 0
+    # logging, machine
+    log_interval: int = 1                 # >= 1
+    sample_interval: int = 10             # >= 0; print a few samples every this many iterations (0: never)
+    save_interval: int = 20               # >= 1
+    seed: int = 1337                      # [0, 2**32)
+    device: str = "auto"                  # auto | cpu | cuda | cuda:N
+    threads: int = 0                      # [0, 1024]; torch CPU threads (0: torch's default)
     gradient_checkpointing: bool = False  # recompute the policy's and value's activations in the backward
-    bench: str = ""                       # tiny | gpt2: time iterations on random models of BENCH's shape
+    bench: str = ""                       # "" | tiny | gpt2; time iterations on random models of BENCH's shape
 
 
 # --bench: the models' shape (n_layer, n_head, n_embd, real vocabulary), rollouts per
@@ -124,15 +127,6 @@ def bench_bytes(c, B, T, R):
 
 def main(argv=None):
     cfg = parse_flags(Config, argv)
-    if cfg.kl_kind not in kernels.KL_KINDS:
-        raise UserError(f"--kl_kind={cfg.kl_kind!r}: choose one of {', '.join(kernels.KL_KINDS)}")
-    for flag in ("batch_size", "minibatches", "ppo_epochs", "max_new_tokens"):
-        if getattr(cfg, flag) < 1:
-            raise UserError(f"--{flag}={getattr(cfg, flag)}: must be at least 1")
-    if cfg.batch_size % cfg.minibatches:
-        raise UserError(f"--minibatches={cfg.minibatches} does not divide --batch_size={cfg.batch_size}")
-    if cfg.temperature <= 0:
-        raise UserError(f"--temperature={cfg.temperature}: must be positive (log-probs divide by it)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     d = distributed.setup(cfg.device)
@@ -158,11 +152,15 @@ def main(argv=None):
         prompts = torch.randint(0, V - 1, (1024, b["prompt"]), generator=g).tolist()
         records = []
     else:
-        ckpt = run.prepare_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite, d.is_main)
+        ckpt = run.prepare_out_dir(cfg.out_dir, "ppo", cfg.resume, cfg.overwrite)  # checks; writes nothing yet
         ref, tok = run.init_gpt(cfg.init, cfg.tokenizer, 0.0, template=cfg.template)   # pi_SFT
         reward, meta = checkpoint.load(cfg.reward)
         if not isinstance(reward, ScalarGPT):
             raise UserError(f"--reward={cfg.reward}: a {meta['kind']} checkpoint, not a reward model")
+        checkpoint.check_vocab(reward, tok, f"--reward={cfg.reward}")
+        if meta.get("tokenizer", "bytes") != tok.name:
+            raise UserError(f"--reward={cfg.reward}: its tokenizer {meta.get('tokenizer', 'bytes')!r} is not "
+                            f"the policy's {tok.name!r}")
         if not meta.get("normalized"):
             distributed.print0(d, f"warning: --reward={cfg.reward} was not normalised on demonstrations",
                                file=sys.stderr)
@@ -220,8 +218,8 @@ def main(argv=None):
                                   betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, fused=True)
     it, kl_coef = 0, cfg.kl_coef
     if cfg.resume:
-        state = checkpoint.load_resume(ckpt)
-        optimizer.load_state_dict(state["optimizer"])
+        state = checkpoint.load_resume(ckpt, keys=("optimizer", "iter", "kl_coef", "value"))
+        run.load_optimizer(optimizer, state["optimizer"], ckpt)
         value.load_state_dict(state["value"])
         it, kl_coef = state["iter"], state["kl_coef"]
         distributed.print0(d, f"resuming {ckpt} at iteration {it}")
@@ -232,11 +230,16 @@ def main(argv=None):
 
     def save():
         if d.is_main and not cfg.bench:
+            with torch.no_grad():  # the updated weights on the last rollouts: finite, or nothing is saved
+                run.check_finite(response_logprobs(policy, ids[:M], mask[:M], P)[0].sum() + values_of(
+                    value, ids[:M], mask[:M], P).sum(), "the updated models' forward pass", it, ckpt)
             checkpoint.save(ckpt, policy, {"run": asdict(cfg), "iter": it, "kl_coef": kl_coef},
                             resume={"optimizer": optimizer.state_dict(), "iter": it, "kl_coef": kl_coef,
                                     "value": value.state_dict()}, tokenizer=tok)
 
     # ---- the loop ---------------------------------------------------------------------
+    if not cfg.bench:
+        run.claim_out_dir(d, cfg.out_dir, "ppo", cfg.resume, cfg.overwrite)  # models and data loaded: now write
     timer, times = run.Timer(), []
     bar = run.progress(cfg.max_iters, it, "ppo", d.is_main)
     while it < cfg.max_iters:
@@ -248,8 +251,11 @@ def main(argv=None):
         batch = [index_at((it * W + d.rank) * B + i) for i in range(B)]
         p_ids, p_mask = batching.left_pad([prompts[i] for i in batch], tok.pad_id)  # (B, P)
         p_ids, p_mask, P = p_ids.to(dev), p_mask.to(dev), p_ids.shape[1]
-        response, r_mask = policy.generate(p_ids, p_mask, cfg.max_new_tokens, tok.eos_id, tok.pad_id,
-                                           tok.n_vocab, cfg.temperature, generator=g)  # (B, N)
+        try:
+            response, r_mask = policy.generate(p_ids, p_mask, cfg.max_new_tokens, tok.eos_id, tok.pad_id,
+                                               tok.n_vocab, cfg.temperature, generator=g)  # (B, N)
+        except FloatingPointError:  # the last update diverged
+            raise run.stopped("the policy's logits are not finite", it, ckpt) from None
         ids, mask = batching.join(p_ids, p_mask, response, r_mask)                # (B, P+N)
         # 2.-3. log-probs, entropy, values, scores: in the update's minibatches, no grad
         with torch.no_grad():

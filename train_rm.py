@@ -44,43 +44,44 @@ from nanoinstruct.world import LABELERS
 
 @dataclass
 class Config:
-    data: str = "data/world/comparisons.jsonl"         # K-way comparisons (or chosen/rejected pairs)
-    val_data: str = "data/world/comparisons_val.jsonl"
+    # data and model
+    data: str = "data/world/comparisons.jsonl"         # required; K-way comparisons (or chosen/rejected pairs)
+    val_data: str = "data/world/comparisons_val.jsonl"  # required; held-out, the same format
     demos: str = ""                          # demonstrations, shifted to average reward 0 ("": the preferred responses)
-    out_dir: str = "out/rm"
-    init: str = "out/sft"                    # the SFT model (or an RM checkpoint, a preset, an HF dir)
-    tokenizer: str = ""                 # "": bytes for a preset, an HF dir's own files; checkpoints carry theirs
-    template: str = ""                       # instruction | dialogue (HH-RLHF's); "": the init's, else instruction
-    block_size: int = 0                      # preset init only: context length (0: the preset's)
+    out_dir: str = "out/rm"                  # required; the run: ckpt/, metrics.jsonl
+    init: str = "out/sft"                    # required; the SFT model (or an RM checkpoint, a preset, an HF dir)
+    tokenizer: str = ""                      # "" (bytes for a preset, an HF dir's own files), a tiktoken name or a .tiktoken file
+    template: str = ""                       # instruction or dialogue (HH-RLHF's); "" the init's, else instruction
+    block_size: int = 0                      # [0, 2**20]; preset init only: context length (0: the preset's)
     resume: bool = False
     overwrite: bool = False
-    batch_size: int = 8                      # prompts per micro-step per process (each with its K responses)
-    grad_accum: int = 1
-    epochs: float = 1.0                      # passes over the comparisons (the paper: 1)
-    lr: float = 3e-4
-    min_lr: float = 3e-5
-    warmup_iters: int = 5
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    dropout: float = 0.0
-    eval_interval: int = 50                  # held-out accuracy and a checkpoint every this many steps
-    log_interval: int = 10
-    seed: int = 1337
-    device: str = "auto"
-    threads: int = 0
+    # optimization
+    batch_size: int = 8                      # [1, 4096]; prompts per micro-step per process (each with its K responses)
+    grad_accum: int = 1                      # [1, 4096]
+    epochs: float = 1.0                      # > 0; passes over the comparisons (the paper: 1)
+    lr: float = 3e-4                         # > 0
+    min_lr: float = 3e-5                     # [0, lr]
+    warmup_iters: int = 5                    # >= 0
+    weight_decay: float = 0.1                # >= 0
+    beta1: float = 0.9                       # [0, 1)
+    beta2: float = 0.95                      # [0, 1)
+    grad_clip: float = 1.0                   # >= 0; 0: off
+    dropout: float = 0.0                     # [0, 1)
+    # evaluation, logging, machine
+    eval_interval: int = 50                  # >= 1; held-out accuracy and a checkpoint every this many steps
+    log_interval: int = 10                   # >= 1
+    seed: int = 1337                         # [0, 2**32)
+    device: str = "auto"                     # auto | cpu | cuda | cuda:N
+    threads: int = 0                         # [0, 1024]; torch CPU threads (0: torch's default)
     gradient_checkpointing: bool = False     # recompute each block's activations in the backward: less memory
 
 
 def main(argv=None):
     cfg = parse_flags(Config, argv)
-    if cfg.epochs <= 0:
-        raise UserError(f"--epochs={cfg.epochs}: must be positive")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     d = distributed.setup(cfg.device)
-    ckpt = run.prepare_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite, d.is_main)
+    ckpt = run.prepare_out_dir(cfg.out_dir, "rm", cfg.resume, cfg.overwrite)     # checks; writes nothing yet
 
     # ---- model: the SFT trunk + a scalar head ------------------------------------------
     torch.manual_seed(cfg.seed)                                   # the fresh head's weights
@@ -173,8 +174,11 @@ def main(argv=None):
     optimizer = run.make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     it = 0
     if cfg.resume:
-        state = checkpoint.load_resume(ckpt)
-        optimizer.load_state_dict(state["optimizer"])
+        state = checkpoint.load_resume(ckpt, keys=("optimizer", "iter"))
+        if checkpoint.read_config(ckpt).get("normalized"):  # its bias already shifted: would shift twice
+            raise UserError(f"--resume: {ckpt} is a finished, normalised reward model; train further "
+                            f"from it with --init={cfg.out_dir} and a new --out_dir")
+        run.load_optimizer(optimizer, state["optimizer"], ckpt)
         it = state["iter"]
         distributed.print0(d, f"resuming {ckpt} at iteration {it}")
     net = DDP(model) if d.ddp else model
@@ -189,6 +193,7 @@ def main(argv=None):
                             resume={"optimizer": optimizer.state_dict(), "iter": it}, tokenizer=tok)
 
     # ---- the loop ----------------------------------------------------------------------
+    run.claim_out_dir(d, cfg.out_dir, "rm", cfg.resume, cfg.overwrite)    # models and data loaded: now write
     timer, val_loss, val_acc = run.Timer(), float("nan"), float("nan")
     model.train()
     bar = run.progress(max_iters, it, "reward model", d.is_main)
@@ -228,6 +233,7 @@ def main(argv=None):
         if it % cfg.eval_interval == 0 and it < max_iters:
             if d.is_main:
                 val_loss, val_acc = evaluate(val)
+                run.check_finite(val_loss, "the held-out loss", it, ckpt)
                 distributed.print0(d, f"iter {it}: val loss {val_loss:.4f}, val accuracy {val_acc:.3f}")
                 run.log_metrics(cfg.out_dir, {"iter": it, "val_loss": val_loss, "val_accuracy": val_acc})
             save({"val_accuracy": val_acc, "normalized": False})
@@ -240,6 +246,7 @@ def main(argv=None):
             model.head.bias -= before                 # now the demonstrations average 0
         after = demo_mean()
         val_loss, val_acc = evaluate(val)
+        run.check_finite(val_loss, "the held-out loss", it, ckpt)
         final = {"iter": it, "val_loss": val_loss, "val_accuracy": val_acc, "labeler_agreement": agreement,
                  "demo_mean_before": before, "demo_mean": after}
         line = f"val accuracy {100 * val_acc:.1f}% on {n_pairs} held-out pairs"

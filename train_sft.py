@@ -33,45 +33,47 @@ from nanoinstruct.cli import UserError, cli_main, parse_flags
 
 @dataclass
 class Config:
+    # data and model
     mode: str = "sft"                        # sft | pretrain
-    data: str = "data/world/sft.jsonl"       # demonstrations (sft) or text (pretrain)
-    val_data: str = "data/world/sft_val.jsonl"
-    out_dir: str = "out/sft"
-    init: str = "out/base"                   # a preset (tiny, gpt2, ...), a checkpoint, or an HF GPT-2 dir
-    tokenizer: str = ""                 # "": bytes for a preset, an HF dir's own files; checkpoints carry theirs
-    template: str = ""                       # instruction | dialogue (HH-RLHF's); "": the init's, else instruction
-    block_size: int = 0                      # preset init only: context length (0: the preset's)
+    data: str = "data/world/sft.jsonl"       # required; demonstrations (sft) or text (pretrain)
+    val_data: str = "data/world/sft_val.jsonl"  # required; held-out, the same format
+    out_dir: str = "out/sft"                 # required; the run: ckpt/, metrics.jsonl
+    init: str = "out/base"                   # required; a preset (tiny, gpt2-random, ...), gpt2 (the released
+                                             # weights, from the local Hugging Face cache), a checkpoint, an HF GPT-2 dir
+    tokenizer: str = ""                      # "" (bytes for a preset, an HF dir's own files), a tiktoken name or a .tiktoken file
+    template: str = ""                       # instruction or dialogue (HH-RLHF's); "" the init's, else instruction
+    block_size: int = 0                      # [0, 2**20]; preset init only: context length (0: the preset's)
     resume: bool = False                     # continue out_dir's checkpoint
     overwrite: bool = False                  # start over in an out_dir that holds a checkpoint
-    batch_size: int = 32                     # sequences per micro-step per process
-    grad_accum: int = 1                      # micro-steps per optimizer step
-    max_iters: int = 600                     # optimizer steps
-    lr: float = 1e-3
-    min_lr: float = 1e-4                     # cosine decay ends here
-    warmup_iters: int = 30
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0                   # 0: off
-    dropout: float = 0.0                     # residual, attention and embedding dropout (the paper: 0.2;
+    # optimization
+    batch_size: int = 32                     # [1, 4096]; sequences per micro-step per process
+    grad_accum: int = 1                      # [1, 4096]; micro-steps per optimizer step
+    max_iters: int = 600                     # >= 1; optimizer steps
+    lr: float = 1e-3                         # > 0; peak learning rate
+    min_lr: float = 1e-4                     # [0, lr]; cosine decay ends here
+    warmup_iters: int = 30                   # >= 0
+    weight_decay: float = 0.1                # >= 0
+    beta1: float = 0.9                       # [0, 1)
+    beta2: float = 0.95                      # [0, 1)
+    grad_clip: float = 1.0                   # >= 0; 0: off
+    dropout: float = 0.0                     # [0, 1); residual, attention and embedding dropout (the paper: 0.2;
                                              # on the 0.8M tiny model 0.1 made SFT worse, see README)
-    eval_interval: int = 200                 # held-out loss and a checkpoint every this many steps
-    eval_batches: int = 8                    # held-out batches per evaluation
-    log_interval: int = 20
-    seed: int = 1337
-    device: str = "auto"                     # auto | cpu | cuda
-    threads: int = 0                         # torch CPU threads (0: torch's default)
+    # evaluation, logging, machine
+    eval_interval: int = 200                 # >= 1; held-out loss and a checkpoint every this many steps
+    eval_batches: int = 8                    # >= 1; held-out batches per evaluation
+    log_interval: int = 20                   # >= 1
+    seed: int = 1337                         # [0, 2**32)
+    device: str = "auto"                     # auto | cpu | cuda | cuda:N
+    threads: int = 0                         # [0, 1024]; torch CPU threads (0: torch's default)
     gradient_checkpointing: bool = False     # recompute each block's activations in the backward: less memory
 
 
 def main(argv=None):
     cfg = parse_flags(Config, argv)
-    if cfg.mode not in ("sft", "pretrain"):
-        raise UserError(f"--mode={cfg.mode!r}: choose sft or pretrain")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     d = distributed.setup(cfg.device)
-    ckpt = run.prepare_out_dir(cfg.out_dir, cfg.resume, cfg.overwrite, d.is_main)
+    ckpt = run.prepare_out_dir(cfg.out_dir, "sft", cfg.resume, cfg.overwrite)    # checks; writes nothing yet
 
     # ---- model ------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)                                   # a preset's initial weights
@@ -122,8 +124,8 @@ def main(argv=None):
     optimizer = run.make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     it = 0
     if cfg.resume:
-        state = checkpoint.load_resume(ckpt)
-        optimizer.load_state_dict(state["optimizer"])
+        state = checkpoint.load_resume(ckpt, keys=("optimizer", "iter"))
+        run.load_optimizer(optimizer, state["optimizer"], ckpt)
         it = state["iter"]
         distributed.print0(d, f"resuming {ckpt} at iteration {it}")
     net = DDP(model) if d.ddp else model
@@ -149,6 +151,7 @@ def main(argv=None):
                             resume={"optimizer": optimizer.state_dict(), "iter": it}, tokenizer=tok)
 
     # ---- the loop ---------------------------------------------------------------------
+    run.claim_out_dir(d, cfg.out_dir, "sft", cfg.resume, cfg.overwrite)   # models and data loaded: now write
     timer, tokens, total_tokens, train_losses, val_loss = run.Timer(), 0, 0, [], None
     start_iter = it
     model.train()
@@ -191,6 +194,7 @@ def main(argv=None):
         if it % cfg.eval_interval == 0 or it == cfg.max_iters:
             if d.is_main:
                 val_loss = evaluate()
+                run.check_finite(val_loss, "the held-out loss", it, ckpt)
                 distributed.print0(d, f"iter {it}: val loss {val_loss:.4f}")
                 run.log_metrics(cfg.out_dir, {"iter": it, "val_loss": val_loss})
             save(val_loss)

@@ -35,17 +35,17 @@ from nanoinstruct.world import LABELERS, MIX
 
 @dataclass
 class Config:
-    policy: str = ""              # checkpoint to sample from (e.g. out/sft)
-    prompts: str = ""             # prompts JSONL
-    out: str = ""                 # comparisons JSONL, appended to (a rerun resumes)
-    k: int = 4                    # responses per prompt (the paper: 4 to 9)
+    policy: str = ""              # required; checkpoint to sample from (e.g. out/sft)
+    prompts: str = ""             # required; prompts JSONL
+    out: str = ""                 # required; comparisons JSONL, appended to (a rerun resumes)
+    k: int = 4                    # [2, 100]; responses per prompt (the paper: 4 to 9)
     labeler: str = "train"        # train | heldout | human
-    max_new_tokens: int = 48
-    temperature: float = 1.0
-    batch_size: int = 32          # prompts sampled together (x k rows)
-    limit: int = 0                # label at most this many prompts (0: all)
-    seed: int = 0
-    device: str = "cpu"
+    max_new_tokens: int = 48      # >= 1
+    temperature: float = 1.0      # > 0; sampling temperature (the K responses must differ)
+    batch_size: int = 32          # [1, 4096]; prompts sampled together (x k rows)
+    limit: int = 0                # >= 0; label at most this many prompts (0: all)
+    seed: int = 0                 # [0, 2**32)
+    device: str = "cpu"           # cpu | cuda | cuda:N
 
 
 # What world.judge reads beyond family and answer, per family (a safe howto also needs key).
@@ -123,18 +123,15 @@ def agreement(comparisons, labeler):
 @torch.no_grad()
 def main(argv=None):
     cfg = parse_flags(Config, argv)
-    for flag in ("policy", "prompts", "out"):
-        if not getattr(cfg, flag):
-            raise UserError(f"--{flag} is required")
-    if cfg.labeler not in (*LABELERS, "human"):
-        raise UserError(f"--labeler={cfg.labeler!r}: choose train, heldout or human")
-    if cfg.k < 2:
-        raise UserError(f"--k={cfg.k}: a ranking needs at least 2 responses")
-    policy, meta = checkpoint.load(cfg.policy, cfg.device)
+    if os.path.isdir(cfg.out):
+        raise UserError(f"--out={cfg.out}: a directory; --out names the comparisons file (JSONL) to append to")
+    policy, tok, meta = checkpoint.load_with_tokenizer(cfg.policy, cfg.device)
     if not isinstance(policy, GPT):
         raise UserError(f"--policy={cfg.policy}: a {meta['kind']} checkpoint cannot generate")
+    if cfg.max_new_tokens >= policy.config.block_size:
+        raise UserError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in --policy's "
+                        f"block_size {policy.config.block_size}; lower it")
     policy.eval()
-    tok = checkpoint.load_tokenizer(cfg.policy, meta)
     prompts = data.read_prompts(cfg.prompts)
     if cfg.labeler != "human":
         require_world(prompts, cfg.prompts, f"the {cfg.labeler} labeler needs the world's prompt "

@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from nanoinstruct.cli import UserError
+
 
 @dataclass
 class Dist:
@@ -36,7 +38,9 @@ class Dist:
 
 
 def setup(device="auto"):
-    """Join torchrun's process group if there is one. device: auto | cpu | cuda."""
+    """Join torchrun's process group if there is one. device: auto | cpu | cuda | cuda:N
+    (checked against the machine by the flags' validation; under torchrun each rank takes
+    cuda:LOCAL_RANK)."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         d = Dist(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]),
@@ -46,7 +50,24 @@ def setup(device="auto"):
             torch.cuda.set_device(d.device)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         return d
-    return Dist(device="cuda" if use_cuda else "cpu")
+    return Dist(device=(device if device.startswith("cuda") else "cuda") if use_cuda else "cpu")
+
+
+def on_main(d, fn):
+    """Run fn() on rank 0 alone; a UserError it raises is raised on every rank, so that all
+    of them stop with the same line instead of waiting for rank 0 at the next collective."""
+    err = None
+    if d.is_main:
+        try:
+            fn()
+        except UserError as e:
+            err = str(e)
+    if d.ddp:
+        box = [err]
+        dist.broadcast_object_list(box, src=0)
+        err = box[0]
+    if err is not None:
+        raise UserError(err)
 
 
 def print0(d, *args, file=None, **kwargs):

@@ -80,30 +80,42 @@ from nanoinstruct.world import LABELERS, Labeler, gold_score, judge, strip_style
 
 @dataclass
 class Config:
+    # what is compared
     policies: str = ""           # name=CKPT,name=CKPT,...  (a checkpoint may appear under two names)
     prompted: str = ""           # names that get the few-shot prefix (the paper's "GPT prompted")
     terse: str = ""              # names whose samples, padding stripped, add a row NAME_terse (style control)
     baseline: str = "sft"        # the name win rates are measured against
     versus: str = ""             # extra head-to-head win rates, A:B,... (e.g. ppo_ptx:sft_large)
     labeler: str = "heldout"     # the judge; a comma list adds the others' win rates and gold scores
-    prompts: str = "data/world/eval_prompts.jsonl"
-    heldout: str = "data/world/corpus_heldout.jsonl"   # pretraining text no model trained on
-    heldout_tokens: int = 50_000  # at most this many tokens of it (0: all)
+    prompts: str = "data/world/eval_prompts.jsonl"  # required; the world's evaluation prompts
+    heldout: str = "data/world/corpus_heldout.jsonl"   # pretraining text no model trained on ("": no alignment tax)
+    heldout_tokens: int = 50_000  # >= 0; at most this many tokens of it (0: all)
     demos: str = "data/world/sft.jsonl"     # where the few-shot examples come from
-    shots: int = 2
+    shots: int = 2               # >= 0
     reward: str = ""             # a reward model checkpoint, to score on --comparisons
     comparisons: str = "data/world/comparisons_val.jsonl"
     seconds: str = ""            # a file of "STAGE SECONDS" lines to copy into the report
-    out_dir: str = "out/eval"
+    # the report
+    out_dir: str = "out/eval"    # required; report.json, report.md, report.png go here
     overwrite: bool = False
     aggregate: str = ""          # report.json files of several seeds to merge (instead of evaluating)
-    samples: int = 4             # responses per prompt and policy
-    max_new_tokens: int = 48
-    temperature: float = 1.0
-    batch_size: int = 128        # rows sampled together
-    seed: int = 0
-    device: str = "cpu"
-    threads: int = 0
+    # sampling, machine
+    samples: int = 4             # [1, 1000]; responses per prompt and policy
+    max_new_tokens: int = 48     # >= 1
+    temperature: float = 1.0     # >= 0; 0: greedy
+    batch_size: int = 128        # [1, 4096]; rows sampled together
+    seed: int = 0                # [0, 2**32)
+    device: str = "cpu"          # cpu | cuda | cuda:N
+    threads: int = 0             # [0, 1024]; torch CPU threads (0: torch's default)
+
+    def check(self):
+        for name in filter(None, self.labeler.split(",")):
+            if name not in LABELERS and not os.path.isdir(name):
+                raise UserError(f"--labeler={name!r}: neither a world labeler ({', '.join(LABELERS)}) nor a reward "
+                                f"model checkpoint")
+        if self.aggregate and len(self.aggregate.split(",")) < 2:
+            raise UserError(f"--aggregate={self.aggregate}: give the report.json files of two or more seeds, "
+                            f"comma-separated")
 
 
 RATES = ("follows_instruction", "constraint_ok", "hallucination", "false_premise_corrected",
@@ -325,19 +337,29 @@ def read_seconds(path):
     return out
 
 
+def read_report(path):
+    """A report.json of evaluate's, for --aggregate."""
+    if not os.path.isfile(path):
+        raise UserError(f"--aggregate: {path}: no such file")
+    report = checkpoint.read_json(path)
+    if not isinstance(report, dict) or not {"models", "baseline", "labeler"} <= set(report) \
+            or not isinstance(report["models"], dict):
+        raise UserError(f"--aggregate: {path}: not a report.json of evaluate (needs models, baseline, labeler)")
+    return report
+
+
 def main(argv=None):
     cfg = parse_flags(Config, argv)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     report_path = os.path.join(cfg.out_dir, "report.json")
-    if os.path.exists(report_path) and not cfg.overwrite:
-        raise UserError(f"--out_dir={cfg.out_dir} already holds report.json; pass --overwrite to replace it")
+    if os.path.lexists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
+        raise UserError(f"--out_dir={cfg.out_dir}: not a directory")
+    there = [n for n in ("report.json", "report.md", "report.png") if os.path.lexists(os.path.join(cfg.out_dir, n))]
+    if there and not cfg.overwrite:
+        raise UserError(f"--out_dir={cfg.out_dir} already holds {', '.join(there)}; pass --overwrite to replace")
     if cfg.aggregate:
-        paths = cfg.aggregate.split(",")
-        for p in paths:
-            if not os.path.isfile(p):
-                raise UserError(f"--aggregate: {p}: no such file")
-        report = aggregate([json.load(open(p)) for p in paths])
+        report = aggregate([read_report(p) for p in cfg.aggregate.split(",")])
         write_report(report, cfg.out_dir)
         print(markdown(report))
         return
@@ -359,10 +381,6 @@ def main(argv=None):
     for v in versus:
         if len(v) != 2 or not set(v) <= set(rows):
             raise UserError(f"--versus: {':'.join(v)!r} is not A:B with both in --policies (or --terse rows)")
-    for name in filter(None, cfg.labeler.split(",")):
-        if name not in LABELERS and not os.path.isdir(name):
-            raise UserError(f"--labeler={name!r}: neither a world labeler ({', '.join(LABELERS)}) nor a reward "
-                            f"model checkpoint")
     for flag in (*(["prompts"] if policies else []), *(["heldout"] if policies and cfg.heldout else []),
                  *(["demos"] if prompted else []), *(["comparisons"] if cfg.reward else []),
                  *(["seconds"] if cfg.seconds else [])):
@@ -383,7 +401,7 @@ def main(argv=None):
     held = [r["text"] for r in data.read_text(cfg.heldout)] if policies and cfg.heldout else None
     prefix = fewshot_prefix(data.read_demos(cfg.demos), cfg.shots) if prompted else ""
     if cfg.reward:  # read before the sampling, so that a bad path costs nothing
-        rm, meta = checkpoint.load(cfg.reward, cfg.device)
+        rm, rm_tok, meta = checkpoint.load_with_tokenizer(cfg.reward, cfg.device)
         if isinstance(rm, GPT):
             raise UserError(f"--reward={cfg.reward}: a language model, not a reward model")
         comps = data.read_comparisons(cfg.comparisons)
@@ -393,16 +411,21 @@ def main(argv=None):
     responses, info, loaded = {}, {}, {}
     for name, path in policies.items():
         if path not in loaded:
-            model, meta = checkpoint.load(path, cfg.device)
+            model, tok, meta = checkpoint.load_with_tokenizer(path, cfg.device)
             if not isinstance(model, GPT):
                 raise UserError(f"--policies: {name}={path} is a {meta['kind']} checkpoint, not a language model")
+            if cfg.max_new_tokens >= model.config.block_size:
+                raise UserError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in {name}'s "
+                                f"block_size {model.config.block_size}; lower it")
             model.eval()
-            tok = checkpoint.load_tokenizer(path, meta)
             data.check_template(prompts, cfg.prompts, tok.template)
             loaded[path] = (model, tok, held and pretrain_loss(model, tok, held, cfg.heldout_tokens, cfg.device))
         model, tok, ploss = loaded[path]
-        fitting = batching.fit_prompts(prompts, tok, model.config.block_size - cfg.max_new_tokens
-                                   - len(tok.encode(prefix if name in prompted else "")), cfg.prompts)
+        room = model.config.block_size - cfg.max_new_tokens - len(tok.encode(prefix if name in prompted else ""))
+        if room < 1:  # only a prefix can do this: --max_new_tokens alone was checked at loading
+            raise UserError(f"--shots={cfg.shots}: the few-shot prefix with --max_new_tokens={cfg.max_new_tokens} "
+                            f"fills {name}'s block_size {model.config.block_size}; lower --shots")
+        fitting = batching.fit_prompts(prompts, tok, room, cfg.prompts)
         if len(fitting) < len(prompts):
             raise UserError(f"--prompts={cfg.prompts}: {len(prompts) - len(fitting)} prompts do not fit "
                             f"{name}'s block_size with --max_new_tokens={cfg.max_new_tokens}; lower it")
@@ -444,7 +467,6 @@ def main(argv=None):
                                              for j, lab in judges.items()} for a, b in versus}
     if cfg.reward:
         second = collect.second_labeler(comps, cfg.comparisons)
-        rm_tok = checkpoint.load_tokenizer(cfg.reward, meta)
         scores = reward_scores(rm.eval(), rm_tok, data.check_template(comps, cfg.comparisons, rm_tok.template), cfg.device)
         right, n_right = correctness_accuracy(scores, comps)
         report["reward_model"] = {

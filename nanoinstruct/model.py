@@ -273,6 +273,8 @@ class GPT(nn.Module):
         # the key mask of every step at once: the prompt's, then 1 for each new token
         mask = torch.cat([prompt_mask.long(), prompt_mask.new_ones(B, max_new_tokens, dtype=torch.long)], 1)
         logits = self(prompt, mask[:, :P], cache)[:, -1]                # (B, V)
+        if not torch.isfinite(logits).all():
+            raise FloatingPointError("the model's logits are not finite: its weights have diverged")
         out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=prompt.device)
         done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
         for t in range(max_new_tokens):

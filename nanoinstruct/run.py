@@ -1,12 +1,19 @@
 """A training run's machinery, shared by the three stage scripts: where the model starts,
 the optimizer and its schedule, the out dir and its metrics log.
 
+An out dir belongs to one run at a time: the run holds an exclusive lock (flock) on the
+marker file out_dir/.nanoinstruct for its life, and the marker says which stage wrote the
+dir. A run writes only into a directory it creates, an empty one, or one with that marker
+(or a checkpoint of ours); it checks everything it can before it writes anything, and it
+writes (the lock, the marker, a fresh metrics log) only once models and data are loaded.
+
 The scripts stay linear loops (nanoGPT's train.py, cleanrl's ppo.py); this file holds only
 what would otherwise be written three times.
 """
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -15,7 +22,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from nanoinstruct import checkpoint, hf
+from nanoinstruct import checkpoint, distributed, hf
 from nanoinstruct.cli import UserError
 from nanoinstruct.model import GPT, PRESETS, GPTConfig, ScalarGPT
 from nanoinstruct.tokenizer import get_tokenizer
@@ -31,28 +38,19 @@ def init_gpt(spec, tokenizer, dropout, block_size=None, template=""):
         tok = get_tokenizer(tokenizer or "bytes", template or "instruction")
         cfg = {**PRESETS[spec], **({"block_size": block_size} if block_size else {})}
         return GPT(GPTConfig(**cfg, vocab_size=hf.padded_vocab(tok), dropout=dropout, n_real=tok.n_real)), tok
-    path = hf.resolve_init(spec) or spec          # gpt2, gpt2-medium, ...: the released weights
+    # gpt2, gpt2-medium, ...: the released weights; a checkpoint between the renames of a save: its .old
+    path = hf.resolve_init(spec) or checkpoint.readable(spec)
     if not os.path.isdir(path):
         raise UserError(f"--init={spec}: not a preset ({', '.join(PRESETS)}), a released GPT-2 "
                         f"({', '.join(hf.RELEASED)}) nor a directory")
     if hf.is_hf_dir(path):
         return hf.load(path, tokenizer, dropout, template or "instruction")
-    model, meta = checkpoint.load(path)
+    model, tok, meta = checkpoint.load_with_tokenizer(path, template=template)
     if not isinstance(model, GPT):
         raise UserError(f"--init={spec}: a {meta['kind']} checkpoint, not a language model")
     fresh = GPT(dataclasses.replace(model.config, dropout=dropout))  # dropout: this run's
     fresh.load_state_dict(model.state_dict())
-    tok = checkpoint.load_tokenizer(path, meta, template)
-    check_fit(fresh.config, tok, f"--init={spec}")
     return fresh, tok
-
-
-def check_fit(config, tok, where):
-    """A model and a tokenizer fit when the model predicts exactly the tokenizer's real ids
-    (config.n_real == tok.n_real) and has an embedding row for every id, PAD included."""
-    if config.n_real != tok.n_real or config.vocab_size < tok.n_vocab:
-        raise UserError(f"{where}: the model predicts {config.n_real} token ids ({config.vocab_size} embedding "
-                        f"rows); its tokenizer {tok.name} has {tok.n_real} (+ PAD): they do not fit")
 
 
 def init_scalar(spec, tokenizer, dropout, block_size=None, template=""):
@@ -64,11 +62,9 @@ def init_scalar(spec, tokenizer, dropout, block_size=None, template=""):
     except UserError:  # not a nanoinstruct checkpoint: init_gpt says what it is
         scalar = False
     if scalar:
-        model, meta = checkpoint.load(spec)
+        model, tok, _ = checkpoint.load_with_tokenizer(spec, template=template)
         fresh = ScalarGPT(dataclasses.replace(model.config, dropout=dropout))
         fresh.load_state_dict(model.state_dict())
-        tok = checkpoint.load_tokenizer(spec, meta, template)
-        check_fit(fresh.config, tok, spec)
         return fresh, tok
     gpt, tok = init_gpt(spec, tokenizer, dropout, block_size, template)
     return ScalarGPT.from_gpt(gpt), tok
@@ -88,21 +84,113 @@ def epoch_sampler(items, seed):
     return at
 
 
-def prepare_out_dir(out_dir, resume, overwrite, is_main=True):
-    """A new run never writes over an existing checkpoint unless told to. Every rank
-    checks (so all of them stop on a mistake); rank 0 alone creates and writes."""
+MARKER = ".nanoinstruct"  # in a run's out dir: {"stage", "pid"}; locked for the run's life
+KIND = {"sft": "gpt", "rm": "scalar", "ppo": "gpt"}  # the checkpoint each stage writes
+_locks = {}              # out dir (real path) -> its open, locked marker file, in this process
+
+
+def _marker(out_dir):
+    try:
+        with open(os.path.join(out_dir, MARKER)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def prepare_out_dir(out_dir, stage, resume, overwrite):
+    """Check, writing nothing, that this run may use out_dir: a new run never writes over a
+    checkpoint unless told to (--overwrite), never into a directory that holds something
+    else, and --resume needs a checkpoint of the same stage. -> the checkpoint path."""
+    flag = f"--out_dir={out_dir}"
     ckpt = os.path.join(out_dir, checkpoint.CKPT)
+    if os.path.islink(out_dir) and not os.path.exists(out_dir):
+        raise UserError(f"{flag}: a symlink to {os.readlink(out_dir)}, which does not exist")
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"{flag}: a file, not a directory")
+    if os.path.isfile(os.path.join(out_dir, "model.safetensors")):
+        raise UserError(f"{flag}: a checkpoint directory; --out_dir names the run's directory, which "
+                        f"keeps its checkpoint in {checkpoint.CKPT}/")
+    for p in (ckpt, ckpt + ".old"):
+        if os.path.islink(p):
+            raise UserError(f"{flag}: {p} is a symlink (to {os.readlink(p)}); a run writes its own "
+                            f"checkpoint directory: remove the link or choose another --out_dir")
     exists = os.path.isdir(ckpt) or os.path.isdir(ckpt + ".old")
-    if resume and not exists:
-        raise UserError(f"--resume: {out_dir} has no checkpoint to resume")
-    if exists and not (resume or overwrite):
-        raise UserError(f"--out_dir={out_dir} already holds a checkpoint; pass --resume to "
-                        f"continue it or --overwrite to start over")
-    if is_main:
-        os.makedirs(out_dir, exist_ok=True)
-        if not resume:  # a fresh run starts a fresh log
-            open(os.path.join(out_dir, "metrics.jsonl"), "w").close()
+    log, marker = os.path.join(out_dir, "metrics.jsonl"), _marker(out_dir)
+    if os.path.isdir(out_dir) and marker is None and not exists:
+        names = sorted(n for n in os.listdir(out_dir) if n != MARKER)
+        if names:
+            raise UserError(f"{flag}: holds files that are not a nanoinstruct run ({', '.join(names[:3])}"
+                            f"{', ...' * (len(names) > 3)}); choose a new or empty directory")
+    if resume:
+        if not exists:
+            raise UserError(f"--resume: {out_dir} has no checkpoint to resume")
+        theirs = (marker or {}).get("stage")
+        if theirs is None:  # a run from before markers: only the checkpoint's kind tells
+            kind = checkpoint.read_config(ckpt)["kind"]
+            theirs = stage if kind == KIND[stage] else {"scalar": "rm", "gpt": "sft or ppo"}[kind]
+        if theirs != stage:
+            raise UserError(f"--resume: {out_dir} holds a {theirs} run, not a {stage} run; "
+                            f"start a new run from it with --init={out_dir}")
+    elif exists and not overwrite:
+        raise UserError(f"{flag} already holds a checkpoint; pass --resume to continue it or "
+                        f"--overwrite to start over")
+    elif not overwrite and os.path.isfile(log) and os.path.getsize(log):
+        raise UserError(f"{flag} holds the log (metrics.jsonl) of a run that saved no checkpoint; pass "
+                        f"--overwrite to start over")
+    parent = out_dir
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent) or "."
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{flag}: {parent} is not writable (read-only or no permission); "
+                        f"choose another --out_dir")
     return ckpt
+
+
+def _lock(out_dir):
+    """Hold the marker's lock for the rest of this process: a second run stops, naming the
+    pid the marker holds."""
+    key, path = os.path.realpath(out_dir), os.path.join(out_dir, MARKER)
+    f = _locks.get(key)                    # held by an earlier run in this process: it has ended
+    if f is not None and (not os.path.exists(path) or os.stat(path).st_ino != os.fstat(f.fileno()).st_ino):
+        f.close()                          # ... but its directory was replaced since
+        f = None
+    if f is None:
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            try:
+                pid = json.loads(f.read()).get("pid", "?")
+            except ValueError:
+                pid = "?"
+            f.close()
+            raise UserError(f"--out_dir={out_dir}: another run (pid {pid}) is using it; wait for it "
+                            f"to finish or choose another --out_dir") from None
+        _locks[key] = f
+    return f
+
+
+def claim_out_dir(d, out_dir, stage, resume, overwrite):
+    """Rank 0 takes out_dir for this run, once models and data are loaded: the lock, the
+    checks again under it, the marker, and a fresh metrics log for a new run. Every rank
+    stops with the same line if that fails."""
+    def claim():
+        try:
+            prepare_out_dir(out_dir, stage, resume, overwrite)
+            os.makedirs(out_dir, exist_ok=True)
+            f = _lock(out_dir)
+            prepare_out_dir(out_dir, stage, resume, overwrite)   # under the lock: no one else moves
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps({"stage": stage, "pid": os.getpid()}))
+            f.flush()
+            checkpoint.recover(os.path.join(out_dir, checkpoint.CKPT))  # finish a save that was killed
+            if not resume:  # a fresh run starts a fresh log
+                open(os.path.join(out_dir, "metrics.jsonl"), "w").close()
+        except OSError as e:
+            raise UserError(f"--out_dir={out_dir}: {e.filename or out_dir}: {e.strerror}") from None
+    distributed.on_main(d, claim)
 
 
 def log_metrics(out_dir, row):
@@ -121,6 +209,18 @@ def make_optimizer(model, lr, weight_decay, betas):
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas, fused=True)
 
 
+def load_optimizer(optimizer, state, ckpt):
+    """Resume the optimizer's moments but keep this run's hyperparameters (lr, betas, weight
+    decay): load_state_dict alone would bring back the saved run's, ignoring the flags."""
+    mine = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(state)
+    except ValueError as e:
+        raise UserError(f"--resume: {ckpt}'s optimizer state does not fit the model ({e})") from None
+    for group, hyper in zip(optimizer.param_groups, mine):
+        group.update(hyper)
+
+
 def lr_at(it, lr, min_lr, warmup, total):
     """Linear warmup for `warmup` steps, then cosine decay to min_lr at `total`."""
     if it < warmup:
@@ -136,10 +236,18 @@ def autocast(device):
     return contextlib.nullcontext()
 
 
-def check_finite(loss, what, it, ckpt):
-    if not torch.isfinite(loss):
-        raise UserError(f"{what} is {loss.item()} at iteration {it}; stopped. The last good "
-                        f"checkpoint is {ckpt} (untouched)")
+def stopped(what, it, ckpt):
+    """The UserError that stops a diverged run, saying which checkpoint is intact (saves
+    refuse non-finite weights, so the last one on disk is good)."""
+    return UserError(f"{what} at iteration {it}; stopped. " + (checkpoint.intact(ckpt) if ckpt else
+                                                                "Nothing was saved."))
+
+
+def check_finite(x, what, it, ckpt):
+    """Stop the run on a non-finite loss (a tensor or a float)."""
+    value = x.item() if torch.is_tensor(x) else x
+    if not math.isfinite(value):
+        raise stopped(f"{what} is {value}", it, ckpt)
 
 
 def matmul_peak(device, n=1024, reps=10):

@@ -33,17 +33,21 @@ class Config:
     prompt: str = ""             # the instruction; it is wrapped in the prompt template
     prompts: str = ""            # or a JSONL file of prompts (any format data.py reads) ...
     out: str = ""                # ... sampled into this JSONL file (it must not exist)
-    batch_size: int = 64         # --prompts: rows sampled together
-    n: int = 4                   # samples
-    max_new_tokens: int = 64
-    temperature: float = 0.7
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
+    batch_size: int = 64         # [1, 4096]; --prompts: rows sampled together
+    n: int = 4                   # [1, 4096]; samples
+    max_new_tokens: int = 64     # >= 1
+    temperature: float = 0.7     # >= 0; 0: greedy
+    top_k: int = 0               # >= 0; 0: off
+    top_p: float = 1.0           # (0, 1]
+    seed: int = 0                # [0, 2**32)
     bench: bool = False          # measure sampling speed instead
-    preset: str = "tiny"         # --bench: model size
-    batch: int = 8               # --bench: rows sampled together
-    threads: int = 0             # torch threads (0: torch's default)
+    preset: str = "tiny"         # tiny | small | gpt2-random | gpt2-medium-random | gpt2-large-random | gpt2-xl-random; --bench: model size
+    batch: int = 8               # [1, 4096]; --bench: rows sampled together
+    threads: int = 0             # [0, 1024]; torch threads (0: torch's default)
+
+    def check(self):
+        if not self.bench and not (self.ckpt and (self.prompt or self.prompts)) or bool(self.prompts) != bool(self.out):
+            raise UserError("--ckpt and --prompt (or --prompts and --out) are required (or --bench)")
 
 
 def recompute_greedy(model, prompt, n_new, n_vocab, pad_id):
@@ -57,8 +61,6 @@ def recompute_greedy(model, prompt, n_new, n_vocab, pad_id):
 
 @torch.no_grad()
 def bench(cfg):
-    if cfg.preset not in PRESETS:
-        raise UserError(f"--preset={cfg.preset!r}: choose one of {', '.join(PRESETS)}")
     tok = get_tokenizer("bytes")
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(**PRESETS[cfg.preset], vocab_size=320)).eval()
@@ -113,14 +115,11 @@ def main(argv=None):
         torch.set_num_threads(cfg.threads)
     if cfg.bench:
         return bench(cfg)
-    if not cfg.ckpt or not (cfg.prompt or cfg.prompts) or bool(cfg.prompts) != bool(cfg.out):
-        raise UserError("--ckpt and --prompt (or --prompts and --out) are required (or --bench)")
     if cfg.out and os.path.exists(cfg.out):
         raise UserError(f"--out={cfg.out}: exists; not overwriting")
-    model, meta = checkpoint.load(cfg.ckpt)
+    model, tok, meta = checkpoint.load_with_tokenizer(cfg.ckpt)
     if not isinstance(model, GPT):
         raise UserError(f"--ckpt={cfg.ckpt}: a {meta['kind']} model has no language-model head")
-    tok = checkpoint.load_tokenizer(cfg.ckpt, meta)
     model.eval()
     if cfg.prompts:
         return sample_file(model, tok, cfg)

@@ -459,20 +459,31 @@ def build(seed, corpus_docs=12000, heldout_frac=0.05, sizes=SPLITS):
     return files
 
 
-def main():
-    from nanoinstruct.cli import parse_flags
+@dataclass
+class Config:
+    out: str = "data/world"     # required; directory to write the JSONL files to
+    seed: int = 0               # [0, 2**32)
+    corpus_docs: int = 12000    # [20, 1000000]; pretraining documents (5 % held out)
+    overwrite: bool = False     # replace the files of a world already in --out
+
+
+def main(argv=None):
+    import os
+
+    from nanoinstruct.cli import UserError, parse_flags
     from nanoinstruct.data import write_jsonl
 
-    @dataclass
-    class Config:
-        out: str = "data/world"     # directory to write the JSONL files to
-        seed: int = 0
-        corpus_docs: int = 12000    # pretraining documents (5 % held out)
-
-    cfg = parse_flags(Config)
-    import os
+    cfg = parse_flags(Config, argv)
+    if os.path.lexists(cfg.out) and not os.path.isdir(cfg.out):
+        raise UserError(f"--out={cfg.out}: not a directory" + (" (a dangling symlink)" if os.path.islink(cfg.out)
+                                                              and not os.path.exists(cfg.out) else ""))
+    files = build(cfg.seed, cfg.corpus_docs)
+    there = [name for name in files if os.path.lexists(os.path.join(cfg.out, name))]
+    if there and not cfg.overwrite:
+        raise UserError(f"--out={cfg.out} already holds {', '.join(there[:3])}{' ...' * (len(there) > 3)}; "
+                        f"pass --overwrite to replace them")
     os.makedirs(cfg.out, exist_ok=True)
-    for name, records in build(cfg.seed, cfg.corpus_docs).items():
+    for name, records in files.items():
         write_jsonl(os.path.join(cfg.out, name), records)
         print(f"{os.path.join(cfg.out, name)}: {len(records)} records")
 

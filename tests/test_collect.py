@@ -64,7 +64,7 @@ def test_human_labeler_through_stdin(setup):
 
 
 @pytest.mark.parametrize("flags, msg", [
-    (["--k=1"], "--k=1: a ranking needs at least 2"),
+    (["--k=1"], "--k=1: must be in [2, 100]"),
     (["--labeler=bob"], "--labeler='bob'"),
 ])
 def test_bad_flags(setup, flags, msg):
