@@ -26,6 +26,7 @@ import sys
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from nanoinstruct import batching, checkpoint, data
 from nanoinstruct.cli import UserError, cli_main, parse_flags
@@ -147,7 +148,9 @@ def main(argv=None):
         todo = todo[:max(0, cfg.limit - len(done))]
     print(f"{cfg.out}: {len(done)} prompts already labeled, {len(todo)} to go", file=sys.stderr)
     labeler = LABELERS.get(cfg.labeler)
-    for start in range(0, len(todo), cfg.batch_size):
+    # a progress bar on a terminal for the world's labelers (a person labeling sees the prompts)
+    for start in tqdm(range(0, len(todo), cfg.batch_size), desc="label", unit="batch", leave=False,
+                      disable=None if labeler else True):
         batch = todo[start:start + cfg.batch_size]
         ids, mask = batching.left_pad([tok.encode_prompt(p["prompt"]) for p in batch for _ in range(cfg.k)],
                                   tok.pad_id)

@@ -68,6 +68,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 from torch.nn.utils.rnn import pad_sequence
 
 from nanoinstruct import batching, checkpoint, collect, data, losses
@@ -245,7 +246,7 @@ def sample(model, tok, prompts, cfg, prefix=""):
                         f"leaves no room in block_size {model.config.block_size}; lower --shots")
     g = torch.Generator(cfg.device).manual_seed(cfg.seed)
     out = []
-    for i in range(0, len(rows), cfg.batch_size):
+    for i in tqdm(range(0, len(rows), cfg.batch_size), desc="sample", unit="batch", leave=False, disable=None):
         ids, mask = batching.left_pad(rows[i:i + cfg.batch_size], tok.pad_id)
         y, _ = model.generate(ids.to(cfg.device), mask.to(cfg.device), n_new, tok.eos_id, tok.pad_id,
                               tok.n_vocab, cfg.temperature, generator=g)

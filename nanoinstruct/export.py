@@ -21,14 +21,12 @@ from nanoinstruct.model import GPT
 
 @dataclass
 class Config:
-    ckpt: str = ""     # a checkpoint directory (or a stage's out dir)
-    out: str = ""      # the Hugging Face directory to write; must be new or empty
+    ckpt: str = ""     # required; a checkpoint directory (or a stage's out dir)
+    out: str = ""      # required; the Hugging Face directory to write; must be new or empty
 
 
 def main(argv=None):
     cfg = parse_flags(Config, argv)
-    if not cfg.ckpt or not cfg.out:
-        raise UserError("--ckpt and --out are required, e.g. --ckpt=out/sft --out=hf/sft")
     model, meta = checkpoint.load(cfg.ckpt)
     tok = checkpoint.load_tokenizer(cfg.ckpt, meta)
     if isinstance(model, GPT):

@@ -22,7 +22,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from nanoinstruct import checkpoint, distributed, hf
+from nanoinstruct import checkpoint, data, distributed, hf
 from nanoinstruct.cli import UserError
 from nanoinstruct.model import GPT, PRESETS, GPTConfig, ScalarGPT
 from nanoinstruct.tokenizer import get_tokenizer
@@ -188,6 +188,8 @@ def claim_out_dir(d, out_dir, stage, resume, overwrite):
             checkpoint.recover(os.path.join(out_dir, checkpoint.CKPT))  # finish a save that was killed
             if not resume:  # a fresh run starts a fresh log
                 open(os.path.join(out_dir, "metrics.jsonl"), "w").close()
+            else:           # a killed run may have left half a line: drop it (and say so)
+                data.repair_tail(os.path.join(out_dir, "metrics.jsonl"))
         except OSError as e:
             raise UserError(f"--out_dir={out_dir}: {e.filename or out_dir}: {e.strerror}") from None
     distributed.on_main(d, claim)

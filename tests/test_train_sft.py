@@ -205,3 +205,14 @@ def test_gradient_checkpointing_trains_the_same_weights(world, tmp_path):
     a = load_file(str(tmp_path / "a" / "ckpt" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "ckpt" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_drops_a_torn_last_metrics_line(world, tmp_path, capsys):
+    out = tmp_path / "torn"
+    train_sft.main(flags(world, out, "--max_iters=2", "--eval_interval=2", mode="sft"))
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"iter": 3, "lo')                                # a kill in the middle of a write
+    train_sft.main(flags(world, out, "--max_iters=3", "--eval_interval=3", "--resume", mode="sft"))
+    assert "dropped an incomplete last line" in capsys.readouterr().err
+    rows = metrics(out)                                           # every line parses again
+    assert [r["iter"] for r in rows if "loss" in r] == [1, 2, 3]
