@@ -154,19 +154,15 @@ def main(argv=None):
     else:
         ckpt = run.prepare_out_dir(cfg.out_dir, "ppo", cfg.resume, cfg.overwrite)  # checks; writes nothing yet
         ref, tok = run.init_gpt(cfg.init, cfg.tokenizer, 0.0, template=cfg.template)   # pi_SFT
-        reward, meta = checkpoint.load(cfg.reward)
+        reward, reward_tok, meta = checkpoint.load_with_tokenizer(cfg.reward)
         if not isinstance(reward, ScalarGPT):
             raise UserError(f"--reward={cfg.reward}: a {meta['kind']} checkpoint, not a reward model")
-        checkpoint.check_vocab(reward, tok, f"--reward={cfg.reward}")
-        if meta.get("tokenizer", "bytes") != tok.name:
-            raise UserError(f"--reward={cfg.reward}: its tokenizer {meta.get('tokenizer', 'bytes')!r} is not "
-                            f"the policy's {tok.name!r}")
         if not meta.get("normalized"):
             distributed.print0(d, f"warning: --reward={cfg.reward} was not normalised on demonstrations",
                                file=sys.stderr)
         value, value_tok = run.init_scalar(cfg.value_init or cfg.reward, cfg.tokenizer, 0.0, template=cfg.template)
         # one tokenizer for all four models, and room in every one's context for the rollouts
-        for flag, t in (("reward", checkpoint.load_tokenizer(cfg.reward, meta)), ("value_init", value_tok)):
+        for flag, t in (("reward", reward_tok), ("value_init", value_tok)):
             if t != tok:
                 raise UserError(f"--{flag}={getattr(cfg, flag) or cfg.reward}: its tokenizer ({t.name}) is not "
                                 f"the policy's ({tok.name}); policy, reference, reward model and value "

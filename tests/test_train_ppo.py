@@ -238,3 +238,25 @@ def test_fused_log_probs_give_the_losses_of_the_unfused_path(world, tmp_path, mo
     for a, b in zip(metrics(tmp_path / "fused"), metrics(tmp_path / "unfused")):
         for k in keys:
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (k, a[k], b[k])
+
+
+def test_models_that_each_carry_the_same_tokenizer_file(world, tmp_path):
+    """Checkpoints carry their tokenizer's ranks file: the SFT model's and the reward model's
+    are two copies of the same tokenizer, which PPO must see as one (and a different one as
+    a mismatch, before any work)."""
+    import base64
+    ranks = tmp_path / "mine.tiktoken"
+    ranks.write_text("".join(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256)) +
+                     f"{base64.b64encode(b'th').decode()} 256\n")
+    tok = get_tokenizer(str(ranks))                                   # 257 ranks + EOS: 258 real ids
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=320, block_size=96, n_real=tok.n_real)
+    checkpoint.save(str(tmp_path / "sft"), GPT(cfg), {}, tokenizer=tok)
+    checkpoint.save(str(tmp_path / "rm"), ScalarGPT(cfg), {"normalized": True}, tokenizer=tok)
+    args = [f"--init={tmp_path / 'sft'}", f"--reward={tmp_path / 'rm'}", f"--prompts={world / 'prompts.jsonl'}",
+            "--batch_size=4", "--max_new_tokens=8", "--max_iters=1", "--ppo_epochs=1", "--threads=1"]
+    train_ppo.main(args + [f"--out_dir={tmp_path / 'ok'}"])
+    assert metrics(tmp_path / "ok")[0]["iter"] == 1
+    checkpoint.save(str(tmp_path / "rm_dialogue"), ScalarGPT(cfg), {"normalized": True},
+                    tokenizer=get_tokenizer(str(ranks), "dialogue"))
+    with pytest.raises(UserError, match="is not the policy's"):
+        train_ppo.main(args + [f"--reward={tmp_path / 'rm_dialogue'}", f"--out_dir={tmp_path / 'no'}"])
