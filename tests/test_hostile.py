@@ -27,7 +27,7 @@ import train_rm
 import train_sft
 from nanoinstruct import checkpoint, cli, collect, data, evaluate, run, sample, world
 from nanoinstruct.cli import cli_main
-from nanoinstruct.model import GPT, GPTConfig
+from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
 from nanoinstruct.world import LABELERS, build, demonstrate, flawed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -167,9 +167,13 @@ def locked(rel):
     return setup
 
 
-def small_vocab(t, paths):
+def small_vocab(t, paths, cls=GPT):
     torch.manual_seed(0)
-    checkpoint.save(str(t / "small"), GPT(GPTConfig(1, 2, 32, 100, 64)), {"tokenizer": "bytes"})
+    checkpoint.save(str(t / "small"), cls(GPTConfig(1, 2, 32, 100, 64)), {"tokenizer": "bytes"})
+
+
+def small_vocab_rm(t, paths):
+    small_vocab(t, paths, ScalarGPT)
 
 
 def renamed_old(rel):
@@ -351,7 +355,7 @@ ROWS = [
     ("rm", ["--init={t}/small"], "the model predicts 100 token ids (100 embedding rows); its tokenizer bytes has 257 (+ PAD)", small_vocab),
     ("ppo", ["--reward={sft}"], "a gpt checkpoint, not a reward model"),
     ("ppo", ["--init={rm}"], "a scalar checkpoint, not a language model"),
-    ("ppo", ["--reward={t}/small"], "not a reward model", small_vocab),
+    ("ppo", ["--reward={t}/small"], "the model predicts 100 token ids (100 embedding rows); its tokenizer bytes has 257 (+ PAD)", small_vocab_rm),
     ("collect", ["--policy={rm}"], "a scalar checkpoint cannot generate"),
     ("collect", ["--policy={t}/small"], "the model predicts 100 token ids (100 embedding rows); its tokenizer bytes has 257 (+ PAD)", small_vocab),
     ("sample", ["--ckpt={rm}"], "a scalar model has no language-model head"),
