@@ -208,10 +208,18 @@ def main(argv=None):
             return model(ids, mask)[:, P - 1:-1]
 
     # ---- optimizer, resume ------------------------------------------------------------
-    params = [p for m in (policy, value) for p in m.parameters()]
     optimizer = torch.optim.AdamW([{"params": list(policy.parameters()), "lr": cfg.lr},
                                    {"params": list(value.parameters()), "lr": cfg.vf_lr or cfg.lr}],
                                   betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, fused=True)
+
+    def step(model):
+        """Average model's gradients over ranks, clip them, take AdamW's step on them, free them."""
+        distributed.average_gradients(d, list(model.parameters()))
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
+        optimizer.step()                                   # parameters without a gradient are skipped
+        optimizer.zero_grad(set_to_none=True)
+
     it, kl_coef = 0, cfg.kl_coef
     if cfg.resume:
         state = checkpoint.load_resume(ckpt, keys=("optimizer", "iter", "kl_coef", "value"))
@@ -288,7 +296,9 @@ def main(argv=None):
                 # averaged over ranks below, so each rank divides by the global count / W
                 n = distributed.all_sum(d, r_mask[mb].sum()) / W
                 # the step's loss is policy loss + value loss (+ ptx): two separate networks, so
-                # each takes its backward in turn and only one graph's activations are alive
+                # each takes its backward and its AdamW step in turn, and only one graph's
+                # activations and one network's gradients are alive at a time (AdamW's update of
+                # a parameter depends on that parameter's gradient alone: the same step)
                 new_logp = response_logprobs(policy, ids[mb], mask[mb], P)[0]
                 pg_loss, pg = losses.ppo_policy_loss(new_logp, logp[mb], advantages[mb], r_mask[mb], cfg.clip, n)
                 loss = pg_loss
@@ -301,16 +311,12 @@ def main(argv=None):
                 for name, x in (("policy loss", pg_loss), ("loss", loss)):
                     run.check_finite(x, f"the {name}", it, ckpt)
                 loss.backward()
+                step(policy)
                 vpred = values_of(value, ids[mb], mask[mb], P)
                 vf_loss, vf = losses.ppo_value_loss(vpred, old_values[mb], returns[mb], r_mask[mb], cfg.vf_clip, n)
                 run.check_finite(vf_loss, "the value loss", it, ckpt)
                 vf_loss.backward()
-                distributed.average_gradients(d, params)
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip, foreach=True)
-                    torch.nn.utils.clip_grad_norm_(value.parameters(), cfg.grad_clip, foreach=True)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                step(value)
                 stats.append(torch.stack([pg_loss.detach(), vf_loss.detach(), pg["approx_kl"], pg["clipfrac"],
                                           vf["clipfrac"], pg["ratio"],
                                           ptx_loss.detach() if ptx_rows is not None else torch.zeros((), device=dev)]))

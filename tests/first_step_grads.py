@@ -4,7 +4,8 @@
     python -m torch.distributed.run --nproc_per_node=2 tests/first_step_grads.py OUT train_sft [flags...]
 
 The gradients are the ones that step applies: after DDP's all-reduce and clipping, as float64,
-keyed by (param group, index), written by rank 0. The run then goes on as usual.
+keyed by (param group, index), written by rank 0; each parameter's from the first step that
+has one (PPO's policy and value function step in turn). The run then goes on as usual.
 
 The DDP-equality tests compare these, not the weights after a few steps: a normalisation or
 reduction bug shows in one step's gradient at full size, while Adam amplifies float32
@@ -23,14 +24,17 @@ from safetensors.torch import save_file
 
 out, script, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-step, done = torch.optim.AdamW.step, []
+step, first = torch.optim.AdamW.step, {}
 
 
 def capture(self, *args, **kwargs):
-    if not done and (not dist.is_initialized() or dist.get_rank() == 0):
-        save_file({f"{i}.{j}": (p.grad if p.grad is not None else torch.zeros_like(p)).double()
-                   for i, group in enumerate(self.param_groups) for j, p in enumerate(group["params"])}, out)
-    done.append(True)
+    """Keep each parameter's gradient from the first step that has one (PPO steps the policy,
+    then the value function: two calls), and write them all, zeros for the rest, when any is new."""
+    params = {f"{i}.{j}": p for i, group in enumerate(self.param_groups) for j, p in enumerate(group["params"])}
+    new = {k: p.grad.double() for k, p in params.items() if p.grad is not None and k not in first}
+    if (new or not first) and (not dist.is_initialized() or dist.get_rank() == 0):
+        first.update(new)
+        save_file({k: first.get(k, torch.zeros_like(p, dtype=torch.float64)) for k, p in params.items()}, out)
     return step(self, *args, **kwargs)
 
 

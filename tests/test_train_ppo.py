@@ -106,7 +106,7 @@ def test_resume_equals_uninterrupted(world, tmp_path, monkeypatch):
     args = ["--max_iters=4", "--save_interval=2", "--minibatches=2", "--ptx_coef=0.5", "--target_kl=0.01",
             "--kl_horizon=100"]
     train_ppo.main(flags(world, tmp_path / "a", *args))
-    undo = kill_at_step(monkeypatch, 18)                       # killed in iteration 3 (8 steps per iteration)
+    undo = kill_at_step(monkeypatch, 36)    # killed in iteration 3 (4 epochs x 2 minibatches x policy, value)
     with pytest.raises(KeyboardInterrupt):
         train_ppo.main(flags(world, tmp_path / "b", *args))
     undo()
