@@ -48,7 +48,9 @@ Writes report.json (schema below), report.md (the table) and report.png (the bar
                        "constraint_ok", "hallucination", "false_premise_corrected",
                        "unsafe_refused", "over_refusal", "pretrain_loss", "n_params",
                        "mean_length"}},
-     "reward_model": {"accuracy", "labeler_agreement", "right_over_wrong", "right_over_wrong_pairs"},
+     "reward_model": {"accuracy", "labeler_agreement", "right_over_wrong", "right_over_wrong_pairs",
+                      "right_over_wrong_by_family": {FAMILY: fraction},
+                      "right_over_wrong_pairs_by_family": {FAMILY: pairs}},
      "seconds": {STAGE: wall seconds}}
 
 plus, where asked for, "labelers" (every judge's win rates and gold scores), "versus"
@@ -292,20 +294,30 @@ def reward_accuracy(scores):
     return agree / pairs
 
 
-def correctness_accuracy(scores, comparisons):
-    """Best-first scores per comparison -> (fraction, pairs): over the response pairs of which
-    the world's judge finds exactly one right, how often the scores put the right one higher
-    (ties half). Does the reward model see right from wrong, or only shape and length?
-    (None, 0) without the world's metadata or without such pairs."""
+def correctness_pairs(scores, comparisons):
+    """Best-first scores per comparison -> {family: (right, pairs)}: over the response pairs of
+    which the world's judge finds exactly one right, how often the scores put the right one
+    higher (ties half). Does the reward model see right from wrong, or only shape and length?
+    {} without the world's metadata."""
     if not comparisons or any("family" not in c for c in comparisons):
-        return None, 0
-    right = pairs = 0.0
+        return {}
+    out = {}
     for s, c in zip(scores, comparisons):
         ok = [judge(c, c["responses"][i])["correct"] for i in c["ranking"]]           # best first, as s
+        right, pairs = out.get(c["family"], (0.0, 0))
         for i, j in itertools.combinations(range(len(s)), 2):
             if ok[i] != ok[j]:
                 good, bad = (s[i], s[j]) if ok[i] else (s[j], s[i])
                 right, pairs = right + (1.0 if good > bad else 0.5 if good == bad else 0.0), pairs + 1
+        out[c["family"]] = (right, pairs)
+    return {f: rp for f, rp in sorted(out.items()) if rp[1]}
+
+
+def correctness_accuracy(scores, comparisons):
+    """-> (fraction, pairs): correctness_pairs over all families; (None, 0) without the world's
+    metadata or without such pairs."""
+    by_family = correctness_pairs(scores, comparisons).values()
+    right, pairs = sum(r for r, _ in by_family), sum(n for _, n in by_family)
     return (right / pairs if pairs else None), int(pairs)
 
 
@@ -470,10 +482,13 @@ def main(argv=None):
         second = collect.second_labeler(comps, cfg.comparisons)
         scores = reward_scores(rm.eval(), rm_tok, data.check_template(comps, cfg.comparisons, rm_tok.template), cfg.device)
         right, n_right = correctness_accuracy(scores, comps)
+        by_family = correctness_pairs(scores, comps)
         report["reward_model"] = {
             "accuracy": reward_accuracy(scores),
             "labeler_agreement": collect.agreement(comps, LABELERS[second])[0] if second else None,
-            "right_over_wrong": right, "right_over_wrong_pairs": n_right}
+            "right_over_wrong": right, "right_over_wrong_pairs": n_right,
+            "right_over_wrong_by_family": {f: r / n for f, (r, n) in by_family.items()},
+            "right_over_wrong_pairs_by_family": {f: n for f, (_, n) in by_family.items()}}
     seconds = read_seconds(cfg.seconds) if cfg.seconds else {}
     report["seconds"] = {**seconds, "evaluate": time.perf_counter() - t0}
     if responses:

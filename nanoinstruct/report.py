@@ -100,6 +100,10 @@ def markdown(report):
         if rm.get("right_over_wrong") is not None:
             lines.append(f"On the {rm['right_over_wrong_pairs']:.0f} pairs of which exactly one response is right, "
                          f"it scores the right one higher {cell('{:.1%}', rm['right_over_wrong'])} of the time.")
+        by_family, pairs = rm.get("right_over_wrong_by_family", {}), rm.get("right_over_wrong_pairs_by_family", {})
+        if by_family:
+            lines.append("By task family (pairs): " + ", ".join(
+                f"{f} {cell('{:.0%}', v)} ({pairs.get(f, 0):.0f})" for f, v in by_family.items()) + ".")
     if report.get("seconds"):
         lines.append("\nWall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items())
                      + f" (total {sum(report['seconds'].values()):.0f}).")

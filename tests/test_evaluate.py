@@ -223,6 +223,11 @@ def test_correctness_accuracy_on_a_length_reward():
     assert right_over_wrong([{k: v for k, v in c.items() if k != "family"}]) == (None, 0)
     both_wrong = {**c, "responses": ["even", "It is even."], "ranking": [0, 1]}
     assert right_over_wrong([both_wrong]) == (None, 0)
+    # per family: the same pairs, split by the prompt's family; a family without such pairs is left out
+    add = {**record("add", a=2, b=3), "responses": ["5", "2 plus 3 is 6."], "ranking": [0, 1]}  # the wrong one longer
+    scores = evaluate.reward_scores(LengthRM(), tok, [c, same, add, both_wrong])
+    assert evaluate.correctness_pairs(scores, [c, same, add, both_wrong]) == {"add": (0.0, 1), "parity": (1.5, 5)}
+    assert evaluate.correctness_accuracy(scores, [c, same, add, both_wrong]) == (1.5 / 6, 6)
 
 
 def test_aggregate_means_and_spreads():
