@@ -66,6 +66,9 @@ PREMISE_CASES = [
     (PREMISE_SNOW, "Snow isn't green or red; it's white.", True, True, False),
     (PREMISE_SNOW, "Snow is green.", False, False, True),
     (PREMISE_SNOW, "SNOW IS WHITE, NOT GREEN.", True, True, False),
+    (PREMISE_7, "Actually, 9 is odd.", False, False, True),             # the truth, of another number
+    (PREMISE_7, "7 is not even; 8 is.", False, False, True),
+    (PREMISE_SNOW, "Coal is not green. It is white.", False, False, True),  # ... of another thing
 ]
 
 
@@ -95,6 +98,9 @@ OPTION_CASES = [  # (record, response, correct): parity, colour and closed read 
     (PARITY_7, "odd and even", False),
     (PARITY_7, "neither odd nor even", False),
     (PARITY_7, "Is it odd?", False),                                  # a question
+    (PARITY_7, "93 is odd.", False),                                  # the answer, of another number
+    (PARITY_7, "7 is odd. 93 is odd.", False),
+    (PARITY_7, "7 is odd, not 93.", True),                            # another number denied
     (COLOR_SNOW, "white", True),
     (COLOR_SNOW, "WHITE", True),
     (COLOR_SNOW, "Snow is white, not black.", True),                 # the wrong option denied
@@ -105,6 +111,9 @@ OPTION_CASES = [  # (record, response, correct): parity, colour and closed read 
     (COLOR_SNOW, "white or black", False),
     (COLOR_SNOW, "maybe white", False),
     (COLOR_SNOW, "It is white. It is not white.", False),
+    (COLOR_SNOW, "Coal is white.", False),                           # the answer, of another thing
+    (COLOR_SNOW, "The sky is white.", False),
+    (COLOR_SNOW, "Snow is white, not coal.", True),
 ]
 
 
@@ -137,6 +146,8 @@ def test_the_strict_reading_counts_a_hedged_colour_as_made_up():
     ("The cat is not tan.", False, False),
     ("blue", False, True),
     ("red", False, False),
+    ("The fox is tan.", False, False),                            # the answer, of the other animal
+    ("The cat is tan, not the fox.", True, False),
 ])
 def test_closed(response, correct, hallucination):
     j = judge(CLOSED, response)
