@@ -23,6 +23,8 @@ One iteration, in the order of openai/lm-human-preferences:
   6. --ppo_epochs passes over the rollouts in --minibatches; each minibatch takes ONE
      optimizer step on  policy loss + value loss (+ ptx_coef * the language-model loss of a
      batch of pretraining text: PPO-ptx's gamma term, in the same step, as eq. 2 writes it).
+     The two networks share no weights, so that step is taken as two AdamW calls, the
+     policy's then the value function's, each right after its own backward (less memory).
      Both losses are means over the minibatch's real tokens on all ranks, so that under DDP
      every token weighs the same whatever rank it landed on. The value function is its own
      network (the paper starts it from the reward model) with its own learning rate,
