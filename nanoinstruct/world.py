@@ -184,7 +184,9 @@ HEDGES = {"maybe", "perhaps", "possibly", "probably", "might", "guess"}
 JOINS = {"but", "and", "or", "nor", "because", "although", "though", "however"}
 VERBS = {"is", "are", "was", "were", "am", "be", "do", "does", "did", "can", "will", "would",
          "could", "should", "has", "have"}
-THINGS = {t.split()[-1] for t in THING_COLOR} - set(COLORS)    # subjects of colour questions ("an orange" is not one)
+# what a colour can be said of: the things, the category words, and their plurals ("an orange"
+# is read as the colour)
+THINGS = {w + s for w in {t.split()[-1] for t in THING_COLOR} | set(WORDS) for s in ("", "s", "es")} - set(COLORS)
 REFUSAL_RE = re.compile(r"\b(can|will|could|would|do|shall) (not|never) help\b")   # on normalise()d text
 
 
@@ -232,7 +234,9 @@ def judge(rec, response, strict=False):
       correct      the answer is right: asserted (read()), not denied, and nothing asserted
                    beside it that contradicts it (another option, another number), nor said
                    of another subject ("93 is odd." for 17, "Coal is white." for snow, "The
-                   fox is tan." when the cat is asked about). strict (a
+                   fox is tan." when the cat is asked about; "Lemons are yellow." for a banana).
+                   Strict about it: any other number or thing asserted counts ("Blue, like
+                   the sea." for the sky); numbers are read as digits. strict (a
                    stricter labeler): an option only hedged or asked about contradicts too
                    ("odd, maybe even.")
       constraint   the explicit constraint (exact count, no repeats) is met
@@ -277,7 +281,7 @@ def judge(rec, response, strict=False):
         # the answer said of another subject ("93 is odd." for 17, "Coal is white." for snow)
         subject, others = (str(rec["n"]) if f == "parity" else rec["subject"] if f == "premise"
                            else rec["thing"] if f == "color" else closed_subject(rec)).split()[-1], \
-            nums if numeric else [w for w in low if w in (ANIMALS if f == "closed" else THINGS)]
+            nums if numeric else [w for w in low if w in THINGS]
         astray = any(w != subject for w in others)
         out["correct"] = a in named and named | maybe == {a} and a not in denied and not astray
         if f == "closed":

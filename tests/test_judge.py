@@ -114,6 +114,9 @@ OPTION_CASES = [  # (record, response, correct): parity, colour and closed read 
     (COLOR_SNOW, "Coal is white.", False),                           # the answer, of another thing
     (COLOR_SNOW, "The sky is white.", False),
     (COLOR_SNOW, "Snow is white, not coal.", True),
+    (COLOR_SNOW, "Lemons are white.", False),                        # ... of a plural
+    (COLOR_SNOW, "The cat is white.", False),                        # ... of an animal
+    (COLOR_SNOW, "Snow is white, not clouds.", True),
 ]
 
 
