@@ -12,7 +12,7 @@ t sft $PY train_sft.py --init="$D/gpt2" --tokenizer="$2" --template=dialogue --d
     --log_interval=1 --warmup_iters=2 --lr=3e-5 --min_lr=3e-6 --threads=2
 t rm $PY train_rm.py --init="$D/out/sft" --data="$D/hh_train.jsonl" --val_data="$D/hh_test.jsonl" \
     --out_dir="$D/out/rm" --batch_size=4 --epochs=0.2 --eval_interval=100 --lr=1e-5 --min_lr=1e-6 --threads=2
-t ppo_ptx $PY train_ppo.py --init="$D/out/sft" --reward="$D/out/rm" --prompts="$D/hh_test.jsonl" \
+t ppo_ptx $PY train_ppo.py --init="$D/out/sft" --reward="$D/out/rm" --prompts="$D/hh_train.jsonl" \
     --ptx_data="$D/text.jsonl" --ptx_coef=0.1 --out_dir="$D/out/ppo_ptx" --batch_size=8 --max_new_tokens=32 \
     --max_iters=2 --lr=1e-6 --threads=2
 t evaluate $PY -m nanoinstruct.evaluate --policies=sft="$D/out/sft",ppo_ptx="$D/out/ppo_ptx" --baseline=sft \
