@@ -287,7 +287,7 @@ def main(argv=None):
             gold = sum(gold_of(records[i], tok.decode_response(y)) for i, y in zip(batch, response.tolist())) / B
         t_rollout = timer.elapsed()
 
-        # 6. PPO epochs over minibatches; each minibatch is one optimizer step
+        # 6. PPO epochs over minibatches; each minibatch is one update (two AdamW calls)
         stats = []
         for epoch in range(cfg.ppo_epochs):
             # the first epoch keeps the rollout's row batches, so that its first minibatch
