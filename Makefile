@@ -23,7 +23,7 @@ test: install
 # (K = 4 SFT samples per prompt, ranked by the world's training labeler), step 2 (the reward
 # model), step 3 (PPO-ptx), a second round of labeling and reward modelling on that policy's
 # samples, PPO-ptx again, and the evaluation by the held-out labeler: out/demo/report.md.
-# Measured: 7 min 3 s on a 2-core CPU (2026-11-22), plus the install on a fresh clone.
+# Measured: 6 min 43 s on a 2-core CPU (2026-11-22), plus the install on a fresh clone.
 DEMO := out/demo
 demo: install
 	$(MAKE) --no-print-directory pipeline DIR=$(DEMO) SEED=0
