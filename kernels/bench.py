@@ -27,7 +27,6 @@ plus the extra memory of one call.
 
 Needs CUDA and triton; a cell that runs out of memory prints OOM. Results: kernels/BENCH.md.
 """
-import json
 import os
 import statistics
 import subprocess
@@ -83,8 +82,9 @@ def fwd_bwd(f, x, *args):
     return run
 
 
-def measure(rows, op, size, nbytes, impls, bandwidth):
-    """impls: name -> zero-argument callable. Appends one table row per implementation."""
+def measure(rows, op, size, impls, cells):
+    """impls: name -> zero-argument callable; cells(ms, peak extra bytes) -> the row's middle
+    columns. Appends one table row per implementation."""
     torch._dynamo.reset()                    # one compile per shape, no recompilation limit
     eager_out = None
     for name, fn in impls.items():
@@ -97,13 +97,24 @@ def measure(rows, op, size, nbytes, impls, bandwidth):
                 f"{(out - eager_out).abs().max().item():.1e}"
             del out
             ms = bench_ms(fn)
-            mem = peak_extra_bytes(fn)
-            gbs = nbytes / ms / 1e6
-            rows.append(f"| {op} | {size} | {name} | {ms:.3f} | {gbs:,.0f} | {100 * gbs / bandwidth:.0f}% "
-                        f"| {mem / 2**20:,.0f} | {diff} |")
+            rows.append(f"| {op} | {size} | {name} | {ms:.3f} | {cells(ms, peak_extra_bytes(fn))} | {diff} |")
         except torch.cuda.OutOfMemoryError:
             rows.append(f"| {op} | {size} | {name} | OOM | | | | |")
             torch.cuda.empty_cache()
+
+
+def bandwidth_cells(nbytes, bandwidth):
+    """GB/s for nbytes moved, as a share of the measured copy bandwidth, and the peak in MiB."""
+    def cells(ms, mem):
+        gbs = nbytes / ms / 1e6
+        return f"{gbs:,.0f} | {100 * gbs / bandwidth:.0f}% | {mem / 2**20:,.0f}"
+    return cells
+
+
+def linear_cells(flops, target_bytes, input_bytes):
+    """TFLOP/s, the peak in MiB, and (inputs + peak) against target_bytes."""
+    return lambda ms, mem: (f"{flops / ms / 1e9:,.0f} | {mem / 2**20:,.0f} | "
+                            f"{(input_bytes + mem) / target_bytes:.2f}")
 
 
 def linear_fwd_bwd(f, h, w, t):
@@ -112,28 +123,6 @@ def linear_fwd_bwd(f, h, w, t):
         logp, entropy = f(h, w, t)
         return torch.autograd.grad(logp.sum() + entropy.sum(), (h, w))
     return run
-
-
-def measure_linear(rows, op, size, flops, target_bytes, input_bytes, impls):
-    """Like measure(), with TFLOP/s for the rate and the peak against target_bytes."""
-    torch._dynamo.reset()
-    eager_out = None
-    for name, fn in impls.items():
-        print(f"  {op} {size} {name} ...", file=sys.stderr, flush=True)
-        try:
-            out = sample(fn())
-            if name == "eager":
-                eager_out = out
-            diff = "" if name == "eager" or eager_out is None else \
-                f"{(out - eager_out).abs().max().item():.1e}"
-            del out
-            ms = bench_ms(fn)
-            mem = peak_extra_bytes(fn)
-            rows.append(f"| {op} | {size} | {name} | {ms:.3f} | {flops / ms / 1e9:,.0f} | {mem / 2**20:,.0f} "
-                        f"| {(input_bytes + mem) / target_bytes:.2f} | {diff} |")
-        except torch.cuda.OutOfMemoryError:
-            rows.append(f"| {op} | {size} | {name} | OOM | | | | |")
-            torch.cuda.empty_cache()
 
 
 LINEAR_SHAPES = ((8192, 50257, 768), (8192, 128256, 4096), (32768, 50257, 768), (32768, 128256, 4096))
@@ -153,10 +142,10 @@ def linear_rows(shapes=LINEAR_SHAPES, device="cuda"):
         impls = {"eager": LL.linear_logprobs_unfused, "compiled": compiled,
                  "triton": LL.linear_logprobs_triton}
         with torch.no_grad():
-            measure_linear(rows, "linear_logprobs fwd", size, 2 * N * V * C, 1.1 * io, io,
-                           {name: (lambda f=f: f(h, w, t)) for name, f in impls.items()})
-        measure_linear(rows, "linear_logprobs fwd+bwd", size, 6 * N * V * C, 1.1 * 2 * io, io,
-                       {name: linear_fwd_bwd(f, h, w, t) for name, f in impls.items()})
+            measure(rows, "linear_logprobs fwd", size, {name: (lambda f=f: f(h, w, t)) for name, f in impls.items()},
+                    linear_cells(2 * N * V * C, 1.1 * io, io))
+        measure(rows, "linear_logprobs fwd+bwd", size, {name: linear_fwd_bwd(f, h, w, t) for name, f in impls.items()},
+                linear_cells(6 * N * V * C, 1.1 * 2 * io, io))
         del h, w, t
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -201,12 +190,12 @@ def main():
                 ("logprobs+entropy", logprob.logprobs_and_entropy_ref, logprob.logprobs_and_entropy_triton),
             ]:
                 with torch.no_grad():
-                    measure(rows, f"{op} fwd", size, logits_bytes + 16 * N, {
+                    measure(rows, f"{op} fwd", size, {
                         "eager": lambda: ref(x, t), "compiled": lambda: compiled[ref](x, t),
-                        "triton": lambda: triton_fn(x, t)}, bandwidth)
-                measure(rows, f"{op} fwd+bwd", size, 3 * logits_bytes + 16 * N, {
+                        "triton": lambda: triton_fn(x, t)}, bandwidth_cells(logits_bytes + 16 * N, bandwidth))
+                measure(rows, f"{op} fwd+bwd", size, {
                     "eager": fwd_bwd(ref, x, t), "compiled": fwd_bwd(compiled[ref], x, t),
-                    "triton": fwd_bwd(triton_fn, x, t)}, bandwidth)
+                    "triton": fwd_bwd(triton_fn, x, t)}, bandwidth_cells(3 * logits_bytes + 16 * N, bandwidth))
             del x, t
             torch.cuda.empty_cache()
 
@@ -218,19 +207,19 @@ def main():
     scores, values = torch.randn(B, device="cuda"), torch.randn(B, T, device="cuda")
     with torch.no_grad():
         for kind in ("k1", "k3"):
-            measure(rows, f"kl_estimate {kind}", size, 12 * B * T, {
+            measure(rows, f"kl_estimate {kind}", size, {
                 "eager": lambda: kl.kl_estimate_ref(logp, ref_logp, kind),
                 "compiled": lambda: compiled[kl.kl_estimate_ref](logp, ref_logp, kind),
-                "triton": lambda: kl.kl_estimate_triton(logp, ref_logp, kind)}, bandwidth)
-        measure(rows, "penalized_rewards k1", size, 13 * B * T, {
+                "triton": lambda: kl.kl_estimate_triton(logp, ref_logp, kind)}, bandwidth_cells(12 * B * T, bandwidth))
+        measure(rows, "penalized_rewards k1", size, {
             "eager": lambda: kl.penalized_rewards_ref(scores, logp, ref_logp, mask, 0.05),
             "compiled": lambda: compiled[kl.penalized_rewards_ref](scores, logp, ref_logp, mask, 0.05),
-            "triton": lambda: kl.penalized_rewards_triton(scores, logp, ref_logp, mask, 0.05)}, bandwidth)
+            "triton": lambda: kl.penalized_rewards_triton(scores, logp, ref_logp, mask, 0.05)}, bandwidth_cells(13 * B * T, bandwidth))
         print("  (compiling the 1024-step GAE loop can take minutes)", file=sys.stderr)
-        measure(rows, "gae", size, 17 * B * T, {
+        measure(rows, "gae", size, {
             "eager": lambda: gae_mod.gae_ref(logp, values, mask, 0.99, 0.95),
             "compiled": lambda: compiled[gae_mod.gae_ref](logp, values, mask, 0.99, 0.95),
-            "triton": lambda: gae_mod.gae_triton(logp, values, mask, 0.99, 0.95)}, bandwidth)
+            "triton": lambda: gae_mod.gae_triton(logp, values, mask, 0.99, 0.95)}, bandwidth_cells(17 * B * T, bandwidth))
 
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; "
           f"device-to-device copy: {bandwidth:,.0f} GB/s\n")
