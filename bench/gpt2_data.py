@@ -20,6 +20,7 @@ import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from nanoinstruct import hf  # noqa: E402
+from nanoinstruct.cli import UserError, cli_main  # noqa: E402
 from nanoinstruct.tokenizer import get_tokenizer  # noqa: E402
 
 TOPICS = [  # (question, a good answer, a bad one)
@@ -45,6 +46,9 @@ def write(path, rows):
 
 
 def main(out, ranks):
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"{out}: not a directory")
+    tok = get_tokenizer(ranks)                                   # a bad ranks file fails before any write
     os.makedirs(out, exist_ok=True)
     r = random.Random(0)
 
@@ -68,11 +72,10 @@ def main(out, ranks):
 
     torch.manual_seed(0)
     transformers.GPT2LMHeadModel(transformers.GPT2Config()).save_pretrained(f"{out}/gpt2")
-    tok = get_tokenizer(ranks)
     hf.write_tokenizer(tok, f"{out}/gpt2", tok.n_real, "<|endoftext|>", "right", 1024)
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit(__doc__)
-    main(*sys.argv[1:])
+    cli_main(main, *sys.argv[1:])

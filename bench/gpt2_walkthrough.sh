@@ -4,6 +4,13 @@
 #     bench/gpt2_walkthrough.sh DIR path/to/gpt2.tiktoken
 set -e
 PY=${PY:-.venv/bin/python}; D=$1
+[ $# -eq 2 ] || { echo "usage: $0 DIR path/to/gpt2.tiktoken" >&2; exit 2; }
+# DIR must be new, empty, or an earlier walk-through's (its marker): what it replaces is its own
+[ ! -e "$D" ] || [ -d "$D" ] || { echo "error: $D: not a directory" >&2; exit 2; }
+if [ -e "$D" ] && [ -n "$(ls -A "$D")" ] && [ ! -e "$D/.gpt2_walkthrough" ]; then
+  echo "error: $D: not empty and not a walk-through's directory; choose another DIR" >&2; exit 2
+fi
+mkdir -p "$D" && touch "$D/.gpt2_walkthrough"
 $PY bench/gpt2_data.py "$D" "$2"
 rm -rf "$D/out" && mkdir -p "$D/out" && rm -f "$D/times.txt"
 t() { name=$1; shift; /usr/bin/time -f "$name %e s, peak RSS %M KB" -a -o "$D/times.txt" "$@"; }

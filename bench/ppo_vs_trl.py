@@ -33,6 +33,8 @@ def main():
     ap.add_argument("--sizes", default="tiny,gpt2")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
+    if args.rounds < 1 or not set(args.sizes.split(",")) <= set(ITERS):
+        ap.error(f"--rounds must be >= 1 and --sizes a comma list of {', '.join(ITERS)}")
     rows = []
     for size in args.sizes.split(","):
         common = [f"--threads={THREADS[size]}"]
