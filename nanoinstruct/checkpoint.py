@@ -249,7 +249,7 @@ def save_tokenizer(tok, directory):
     base = os.path.basename(tok.name)
     file = base if base.endswith(".tiktoken") else f"{tok.name}.tiktoken" if tok.name in NAMED \
         else "gpt2.tiktoken"
-    write_ranks(tok, os.path.join(directory, file))
+    write_ranks(tok.enc._mergeable_ranks, os.path.join(directory, file))
     if get_tokenizer(os.path.join(directory, file), tok.template) != tok:
         raise ValueError(f"tokenizer {tok.name}: {file} would not rebuild it")
     return file

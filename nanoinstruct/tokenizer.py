@@ -222,9 +222,9 @@ def from_ranks(name, ranks, eos_id, template="instruction"):
     return Tokenizer(name, enc, template)
 
 
-def write_ranks(tok, path):
-    """Write tok's ranks as a .tiktoken file (`base64(token) rank` per line, rank order):
-    the file get_tokenizer(path) reads back."""
-    ranks = sorted(tok.enc._mergeable_ranks.items(), key=lambda kv: kv[1])
+def write_ranks(ranks, path):
+    """Write ranks {token bytes: rank} (a tokenizer's: tok.enc._mergeable_ranks) as a .tiktoken
+    file (`base64(token) rank` per line, rank order): the file get_tokenizer(path) reads back."""
+    ranks = sorted(ranks.items(), key=lambda kv: kv[1])
     with open(path, "w") as f:
         f.writelines(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ranks)

@@ -348,6 +348,7 @@ class Labeler:
 # on K=4 samples (temperature 1) per rm prompt from the SFT model of `make demo` (seed 0,
 # 634 prompts, 3804 pairs): noise 0.2 -> 78.6 %, 0.3 -> 73.5 %, 0.4 -> 69.9 %, 0.75 -> 63.0 %.
 # Agreement depends on how the policy's samples spread in gold score; collect.py reports it.
+# The demo's SFT model on the world's BPE (2026-11-22, K = 9, 126 held-out prompts, 4536 pairs): 73.1 %.
 # The held-out labeler is another person, who also reads differently: strictly (judge), so a
 # habit that only the training labeler's reading rewards (an implicit premise correction,
 # "7 is odd.", the shorter for it; a wrong answer tucked into a hedge, "odd, maybe even")

@@ -25,14 +25,14 @@ import torch
 import train_ppo
 import train_rm
 import train_sft
-from nanoinstruct import checkpoint, cli, collect, data, evaluate, run, sample, world
+from nanoinstruct import bpe, checkpoint, cli, collect, data, evaluate, run, sample, world
 from nanoinstruct.cli import cli_main
 from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
 from nanoinstruct.world import LABELERS, build, demonstrate, flawed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAINS = {"sft": train_sft.main, "rm": train_rm.main, "ppo": train_ppo.main, "collect": collect.main,
-         "evaluate": evaluate.main, "sample": sample.main, "world": world.main}
+         "evaluate": evaluate.main, "sample": sample.main, "world": world.main, "bpe": bpe.main}
 BASE = {
     "sft": ["--init={base}", "--data={w}/sft.jsonl", "--val_data={w}/sft_val.jsonl", "--out_dir={t}/out",
             "--batch_size=4", "--max_iters=2", "--eval_interval=2", "--threads=1"],
@@ -48,6 +48,7 @@ BASE = {
                  "--out_dir={t}/eval"],
     "sample": ["--ckpt={sft}", "--prompt=Is 3 odd?", "--n=1", "--max_new_tokens=4"],
     "world": ["--out={t}/world", "--corpus_docs=20"],
+    "bpe": ["--data={w}/corpus.jsonl", "--demos={w}/sft.jsonl", "--out={t}/world.tiktoken", "--vocab_size=300"],
 }
 TINY = GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=320, block_size=128, n_real=257)  # bytes
 
@@ -294,6 +295,13 @@ ROWS = [
     ("world", ["--corpus_docs=0"], "--corpus_docs=0: must be in [20, 1000000]"),
     ("world", ["--corpus_docs=1000000000000"], "--corpus_docs=1000000000000: must be in [20, 1000000]"),
     ("world", ["--seed=-1"], "--seed=-1: must be in [0, 2**32)"),
+    ("bpe", ["--vocab_size=256"], "--vocab_size=256: must be in [257, 65536]"),
+    ("bpe", ["--out="], "--out is required"),
+    ("bpe", ["--data={t}/bad.jsonl"], "bad.jsonl:2: text: missing", write("bad.jsonl", '{"text": "a"}\n{"txt": 1}\n')),
+    ("bpe", ["--demos={t}/bad.jsonl"], "bad.jsonl:2: response: missing", write("bad.jsonl", BAD)),
+    ("bpe", ["--out={t}/w.tiktoken"], "exists; pass --overwrite", write("w.tiktoken", "mine")),
+    ("bpe", ["--out={w}", "--overwrite"], "a directory"),
+    ("bpe", ["--out={t}/no/such/dir/w.tiktoken"], "no/such/dir"),
     # ---- out dirs and paths --------------------------------------------------------------
     ("sft", ["--out_dir="], "--out_dir is required"),
     ("sft", ["--init="], "--init is required"),
