@@ -82,13 +82,7 @@ def main(argv=None):
         texts += [tokenizer.format_prompt(d["prompt"]) + tokenizer.RESPONSE_PREFIX + d["response"]
                   for d in data.read_demos(cfg.demos)]
     ranks = train(texts, cfg.vocab_size)
-    tmp = f"{cfg.out}.tmp-{os.getpid()}"
-    try:
-        tokenizer.write_ranks(ranks, tmp)
-        os.replace(tmp, cfg.out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    tokenizer.write_ranks(ranks, cfg.out)
     tok = tokenizer.get_tokenizer(cfg.out)
     n_bytes = sum(len(t.encode()) for t in texts)
     n_tokens = sum(len(tok.encode(t)) for t in texts)

@@ -313,12 +313,17 @@ def correctness_pairs(scores, comparisons):
     return {f: rp for f, rp in sorted(out.items()) if rp[1]}
 
 
+def overall(by_family):
+    """correctness_pairs' {family: (right, pairs)} -> (fraction, pairs) over all families;
+    (None, 0) without pairs."""
+    right, pairs = sum(r for r, _ in by_family.values()), sum(n for _, n in by_family.values())
+    return (right / pairs if pairs else None), int(pairs)
+
+
 def correctness_accuracy(scores, comparisons):
     """-> (fraction, pairs): correctness_pairs over all families; (None, 0) without the world's
     metadata or without such pairs."""
-    by_family = correctness_pairs(scores, comparisons).values()
-    right, pairs = sum(r for r, _ in by_family), sum(n for _, n in by_family)
-    return (right / pairs if pairs else None), int(pairs)
+    return overall(correctness_pairs(scores, comparisons))
 
 
 # ---------------------------------------------------------------------------------------
@@ -481,8 +486,8 @@ def main(argv=None):
     if cfg.reward:
         second = collect.second_labeler(comps, cfg.comparisons)
         scores = reward_scores(rm.eval(), rm_tok, data.check_template(comps, cfg.comparisons, rm_tok.template), cfg.device)
-        right, n_right = correctness_accuracy(scores, comps)
-        by_family = correctness_pairs(scores, comps)
+        by_family = correctness_pairs(scores, comps)                  # each response judged once
+        right, n_right = overall(by_family)
         report["reward_model"] = {
             "accuracy": reward_accuracy(scores),
             "labeler_agreement": collect.agreement(comps, LABELERS[second])[0] if second else None,

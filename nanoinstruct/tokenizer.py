@@ -224,7 +224,16 @@ def from_ranks(name, ranks, eos_id, template="instruction"):
 
 def write_ranks(ranks, path):
     """Write ranks {token bytes: rank} (a tokenizer's: tok.enc._mergeable_ranks) as a .tiktoken
-    file (`base64(token) rank` per line, rank order): the file get_tokenizer(path) reads back."""
+    file (`base64(token) rank` per line, rank order): the file get_tokenizer(path) reads back.
+    Atomic (a temporary file beside path, then a rename): a killed write leaves path as it was."""
     ranks = sorted(ranks.items(), key=lambda kv: kv[1])
-    with open(path, "w") as f:
-        f.writelines(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ranks)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            f.writelines(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ranks)
+        os.replace(tmp, path)
+    except OSError as e:                       # a full disk, no permission: path left as it was
+        raise UserError(f"{path}: cannot write ({e.strerror})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -279,10 +279,9 @@ def judge(rec, response, strict=False):
         named = {w for w in low if w in options}                                # asserted
         maybe = {w.lower() for w, sign in words if sign == 0 and w.lower() in options} if strict else set()
         # the answer said of another subject ("93 is odd." for 17, "Coal is white." for snow)
-        subject, others = (str(rec["n"]) if f == "parity" else rec["subject"] if f == "premise"
-                           else rec["thing"] if f == "color" else closed_subject(rec)).split()[-1], \
-            nums if numeric else [w for w in low if w in THINGS]
-        astray = any(w != subject for w in others)
+        subject = (str(rec["n"]) if f == "parity" else rec["subject"] if f == "premise"
+                   else rec["thing"] if f == "color" else closed_subject(rec)).split()[-1]
+        astray = any(w != subject for w in (nums if numeric else [w for w in low if w in THINGS]))
         out["correct"] = a in named and named | maybe == {a} and a not in denied and not astray
         if f == "closed":
             out["hallucination"] = bool((named | maybe) - set(rec["colors"]))
