@@ -37,10 +37,14 @@ One iteration, in the order of openai/lm-human-preferences:
 When the prompts carry the world's metadata, each iteration also logs `gold`: the rollouts'
 mean gold score under the training labeler's weights without its noise (world.gold_score),
 beside the reward model's `score`. Plotted against `kl`, the two part where PPO starts to
-over-optimise the proxy (Gao et al. 2022), which a run on real data cannot see.
+over-optimise the proxy (Gao et al. 2022), which a run on real data cannot see. With
+--reward=gold that score is the reward itself (Gao et al.'s "gold reward model"): a control
+that asks what PPO makes of a perfect reward model, so that a shortfall can be laid on the
+reward model or on the optimiser. The value function then starts from --init's trunk.
 
     python train_ppo.py --init=out/sft --reward=out/rm --out_dir=out/ppo
     python train_ppo.py --init=out/sft --reward=out/rm --ptx_coef=1 --out_dir=out/ppo_ptx
+    python train_ppo.py --init=out/sft --reward=gold --out_dir=out/ppo_gold   # the control
     python train_ppo.py --bench=tiny --max_iters=30   # time the loop on random models; writes nothing
     python train_ppo.py --bench=gpt2 --max_iters=3    # GPT-2 124M's shape, vocabulary 50257
 """
@@ -66,8 +70,8 @@ class Config:
     init: str = "out/sft"                 # required; the policy starts here, and this (frozen) is the reference
     tokenizer: str = ""                   # "" (bytes for a preset, an HF dir's own files), a tiktoken name or a .tiktoken file
     template: str = ""                    # instruction or dialogue; "" the init's (the reward model's must match)
-    reward: str = "out/rm"                # required; the reward model (train_rm.py's, normalised)
-    value_init: str = ""                  # the value function starts here ("": the reward model)
+    reward: str = "out/rm"                # required; the reward model (train_rm.py's, normalised), or gold
+    value_init: str = ""                  # the value function starts here ("": the reward model; --init for gold)
     prompts: str = "data/world/ppo_prompts.jsonl"  # required; prompts JSONL
     ptx_data: str = "data/world/corpus.jsonl"  # pretraining text, read only when ptx_coef > 0
     ptx_coef: float = 0.0                 # >= 0; gamma of eq. 2: 0 is PPO, > 0 is PPO-ptx
@@ -156,20 +160,23 @@ def main(argv=None):
     else:
         ckpt = run.prepare_out_dir(cfg.out_dir, "ppo", cfg.resume, cfg.overwrite)  # checks; writes nothing yet
         ref, tok = run.init_gpt(cfg.init, cfg.tokenizer, 0.0, template=cfg.template)   # pi_SFT
-        reward, reward_tok, meta = checkpoint.load_with_tokenizer(cfg.reward)
-        if not isinstance(reward, ScalarGPT):
-            raise UserError(f"--reward={cfg.reward}: a {meta['kind']} checkpoint, not a reward model")
-        if not meta.get("normalized"):
-            distributed.print0(d, f"warning: --reward={cfg.reward} was not normalised on demonstrations",
-                               file=sys.stderr)
-        value, value_tok = run.init_scalar(cfg.value_init or cfg.reward, cfg.tokenizer, 0.0, template=cfg.template)
+        reward, reward_tok = None, tok                            # --reward=gold: the world's labeler
+        if cfg.reward != "gold":
+            reward, reward_tok, meta = checkpoint.load_with_tokenizer(cfg.reward)
+            if not isinstance(reward, ScalarGPT):
+                raise UserError(f"--reward={cfg.reward}: a {meta['kind']} checkpoint, not a reward model")
+            if not meta.get("normalized"):
+                distributed.print0(d, f"warning: --reward={cfg.reward} was not normalised on demonstrations",
+                                   file=sys.stderr)
+        value_init = cfg.value_init or (cfg.init if reward is None else cfg.reward)
+        value, value_tok = run.init_scalar(value_init, cfg.tokenizer, 0.0, template=cfg.template)
         # one tokenizer for all four models, and room in every one's context for the rollouts
         for flag, t in (("reward", reward_tok), ("value_init", value_tok)):
             if t != tok:
                 raise UserError(f"--{flag}={getattr(cfg, flag) or cfg.reward}: its tokenizer ({t.name}) is not "
                                 f"the policy's ({tok.name}); policy, reference, reward model and value "
                                 f"function must share one")
-        block = min(m.config.block_size for m in (ref, reward, value))
+        block = min(m.config.block_size for m in (ref, reward, value) if m is not None)
         if block <= cfg.max_new_tokens:
             raise UserError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in a context "
                             f"of {block} tokens (the smallest block_size of policy, reward model and value)")
@@ -178,9 +185,9 @@ def main(argv=None):
         prompts = [tok.encode_prompt(r["prompt"]) for r in records]
     # the policy starts as an exact copy of the reference (a resumed one from its checkpoint)
     policy = run.init_gpt(ckpt, cfg.tokenizer, 0.0, template=cfg.template)[0] if cfg.resume else copy.deepcopy(ref)
-    for m in (policy, ref, reward, value):
+    for m in filter(None, (policy, ref, reward, value)):
         m.to(dev)
-    for m in (ref, reward):
+    for m in filter(None, (ref, reward)):
         m.eval().requires_grad_(False)
     policy.checkpointing = value.gpt.checkpointing = cfg.gradient_checkpointing   # the two trained
 
@@ -194,6 +201,9 @@ def main(argv=None):
     gold_of = None                                                # the world's gold score, when it applies
     if not cfg.bench and all("family" in r for r in records):
         gold_of = lambda rec, y: world.gold_score(rec, y, world.LABELERS["train"].weights)  # noqa: E731
+    elif reward is None:
+        raise UserError(f"--reward=gold: {cfg.prompts} has prompts without the world's metadata (family, answer, "
+                        f"...); the gold score reads them")
 
     def response_logprobs(model, ids, mask, P):
         """(log pi(y_t | x, y_<t), entropy) at --temperature for the response tokens ids[:, P:],
@@ -263,6 +273,9 @@ def main(argv=None):
         except FloatingPointError:  # the last update diverged
             raise run.stopped("the policy's logits are not finite", it, ckpt) from None
         ids, mask = batching.join(p_ids, p_mask, response, r_mask)                # (B, P+N)
+        golds = None  # the world's gold score of what was sampled, noise-free: logged, or the reward (gold)
+        if gold_of:
+            golds = [gold_of(records[i], tok.decode_response(y)) for i, y in zip(batch, response.tolist())]
         # 2.-3. log-probs, entropy, values, scores: in the update's minibatches, no grad
         with torch.no_grad():
             logp, ent, ref_logp, old_values, scores = [], [], [], [], []
@@ -272,7 +285,8 @@ def main(argv=None):
                 ref_logp.append(response_logprobs(ref, ids[mb], mask[mb], P)[0])
                 old_values.append(values_of(value, ids[mb], mask[mb], P))
                 with run.autocast(dev):
-                    scores.append(reward.score(ids[mb], mask[mb]))
+                    scores.append(torch.tensor(golds, device=dev)[mb] if reward is None
+                                  else reward.score(ids[mb], mask[mb]))
             logp, ent, ref_logp, old_values, scores = map(torch.cat, (logp, ent, ref_logp, old_values, scores))
             has_eos = (response == tok.eos_id).any(1)
             if not math.isnan(cfg.no_eos_penalty):
@@ -283,8 +297,6 @@ def main(argv=None):
             if cfg.whiten_advantages:
                 advantages = losses.whiten(advantages, r_mask, all_sum=lambda t: distributed.all_sum(d, t))
             kl = (kernels.kl_estimate(logp, ref_logp, "k1") * r_mask).sum(1)  # (B,) nats per response
-        if gold_of:  # the world's gold score of what was sampled, noise-free (not used for training)
-            gold = sum(gold_of(records[i], tok.decode_response(y)) for i, y in zip(batch, response.tolist())) / B
         t_rollout = timer.elapsed()
 
         # 6. PPO epochs over minibatches; each minibatch is one update (two AdamW calls)
@@ -342,7 +354,7 @@ def main(argv=None):
                    "no_eos": 1 - has_eos.float().mean().item(), "ratio": ratio, "pg_loss": pg_l,
                    "vf_loss": vf_l, "ptx_loss": ptx_l, "seconds": times[-1][0], "elapsed": timer.elapsed()}
             if gold_of:
-                row["gold"] = gold
+                row["gold"] = sum(golds) / B
             for k in ("score", "entropy", "length", *(["gold"] if gold_of else [])):
                 row[k] = distributed.all_mean(d, row[k])
             distributed.print0(d, f"iter {it}: score {row['score']:+.3f}, "

@@ -187,10 +187,17 @@ def test_gold_is_the_worlds_score_of_the_rollouts(world, tmp_path, monkeypatch):
         want = sum(gold_score(records[at(it * 8 + i)], "odd", w) for i in range(8)) / 8
         assert row["gold"] == pytest.approx(want, abs=1e-12), (it, row["gold"], want)
     assert len({r["gold"] for r in metrics(tmp_path / "g")}) == 2       # two batches, two golds
+    # --reward=gold: the control whose reward IS that score (no reward model is read)
+    train_ppo.main(flags(world, tmp_path / "o", "--max_iters=2", "--ppo_epochs=1", "--reward=gold"))
+    for row, want in zip(metrics(tmp_path / "o"), metrics(tmp_path / "g"), strict=True):
+        assert row["score"] == pytest.approx(want["gold"], abs=1e-6) and row["gold"] == want["gold"]
     r = tmp_path / "plain.jsonl"                                       # prompts without world metadata
     data.write_jsonl(str(r), [{"prompt": x["prompt"]} for x in records])
     train_ppo.main(flags(world, tmp_path / "p", "--max_iters=1", "--ppo_epochs=1", f"--prompts={r}"))
     assert "gold" not in metrics(tmp_path / "p")[0]
+    with pytest.raises(UserError, match=f"--reward=gold: {r} has prompts without the world's metadata"):
+        train_ppo.main(flags(world, tmp_path / "q", "--max_iters=1", f"--prompts={r}", "--reward=gold"))
+    assert not (tmp_path / "q").exists()                               # nothing written
 
 
 def run_script(*args):
