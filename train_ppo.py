@@ -40,7 +40,10 @@ beside the reward model's `score`. Plotted against `kl`, the two part where PPO 
 over-optimise the proxy (Gao et al. 2022), which a run on real data cannot see. With
 --reward=gold that score is the reward itself (Gao et al.'s "gold reward model"): a control
 that asks what PPO makes of a perfect reward model, so that a shortfall can be laid on the
-reward model or on the optimiser. The value function then starts from --init's trunk.
+reward model or on the optimiser. It is scaled as a reward model that fits the labeler
+exactly would score: P(i > j) = sigmoid((g_i - g_j) / noise) is Bradley-Terry on g / noise,
+so the reward is g / noise and --kl_coef weighs KL against it as against a trained reward
+model. The value function then starts from --init's trunk.
 
     python train_ppo.py --init=out/sft --reward=out/rm --out_dir=out/ppo
     python train_ppo.py --init=out/sft --reward=out/rm --ptx_coef=1 --out_dir=out/ppo_ptx
@@ -171,9 +174,9 @@ def main(argv=None):
         value_init = cfg.value_init or (cfg.init if reward is None else cfg.reward)
         value, value_tok = run.init_scalar(value_init, cfg.tokenizer, 0.0, template=cfg.template)
         # one tokenizer for all four models, and room in every one's context for the rollouts
-        for flag, t in (("reward", reward_tok), ("value_init", value_tok)):
+        for flag, path, t in (("reward", cfg.reward, reward_tok), ("value_init", value_init, value_tok)):
             if t != tok:
-                raise UserError(f"--{flag}={getattr(cfg, flag) or cfg.reward}: its tokenizer ({t.name}) is not "
+                raise UserError(f"--{flag}={path}: its tokenizer ({t.name}) is not "
                                 f"the policy's ({tok.name}); policy, reference, reward model and value "
                                 f"function must share one")
         block = min(m.config.block_size for m in (ref, reward, value) if m is not None)
@@ -183,6 +186,9 @@ def main(argv=None):
         records = data.check_template(data.read_prompts(cfg.prompts), cfg.prompts, tok.template)
         records = batching.fit_prompts(records, tok, block - cfg.max_new_tokens, cfg.prompts)
         prompts = [tok.encode_prompt(r["prompt"]) for r in records]
+        if reward is None and not all("family" in r for r in records):
+            raise UserError(f"--reward=gold: {cfg.prompts} has prompts without the world's metadata (family, "
+                            f"answer, ...); the gold score reads them")
     # the policy starts as an exact copy of the reference (a resumed one from its checkpoint)
     policy = run.init_gpt(ckpt, cfg.tokenizer, 0.0, template=cfg.template)[0] if cfg.resume else copy.deepcopy(ref)
     for m in filter(None, (policy, ref, reward, value)):
@@ -201,9 +207,6 @@ def main(argv=None):
     gold_of = None                                                # the world's gold score, when it applies
     if not cfg.bench and all("family" in r for r in records):
         gold_of = lambda rec, y: world.gold_score(rec, y, world.LABELERS["train"].weights)  # noqa: E731
-    elif reward is None:
-        raise UserError(f"--reward=gold: {cfg.prompts} has prompts without the world's metadata (family, answer, "
-                        f"...); the gold score reads them")
 
     def response_logprobs(model, ids, mask, P):
         """(log pi(y_t | x, y_<t), entropy) at --temperature for the response tokens ids[:, P:],
@@ -276,6 +279,7 @@ def main(argv=None):
         golds = None  # the world's gold score of what was sampled, noise-free: logged, or the reward (gold)
         if gold_of:
             golds = [gold_of(records[i], tok.decode_response(y)) for i, y in zip(batch, response.tolist())]
+            gold_t = torch.tensor(golds, device=dev) / world.LABELERS["train"].noise  # (B,) logit units
         # 2.-3. log-probs, entropy, values, scores: in the update's minibatches, no grad
         with torch.no_grad():
             logp, ent, ref_logp, old_values, scores = [], [], [], [], []
@@ -285,7 +289,7 @@ def main(argv=None):
                 ref_logp.append(response_logprobs(ref, ids[mb], mask[mb], P)[0])
                 old_values.append(values_of(value, ids[mb], mask[mb], P))
                 with run.autocast(dev):
-                    scores.append(torch.tensor(golds, device=dev)[mb] if reward is None
+                    scores.append(gold_t[mb] if reward is None
                                   else reward.score(ids[mb], mask[mb]))
             logp, ent, ref_logp, old_values, scores = map(torch.cat, (logp, ent, ref_logp, old_values, scores))
             has_eos = (response == tok.eos_id).any(1)

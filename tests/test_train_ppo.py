@@ -172,25 +172,34 @@ def test_ddp_two_processes_equal_one_with_ragged_lengths(world, tmp_path):
 
 def test_gold_is_the_worlds_score_of_the_rollouts(world, tmp_path, monkeypatch):
     """On world prompts PPO logs `gold`: the mean noise-free gold score, under the training
-    labeler's weights, of what was sampled. Here every rollout is the response "odd"."""
+    labeler's weights, of what was sampled. Under --reward=gold that score over the labeler's
+    noise (its Bradley-Terry logit) is each rollout's reward, row by row, in minibatches. Row i of every batch answers SAYS[i % 4]."""
     tok = get_tokenizer("bytes")
+    SAYS = ["odd", "It is even.", "Owls are brown.", "No, 7 is not even; it is odd."]
 
-    def says_odd(self, prompt, *a, **k):
-        ids = torch.tensor([tok.encode_response("odd")] * len(prompt))
-        return ids, torch.ones(ids.shape)
-    monkeypatch.setattr(GPT, "generate", says_odd)
-    train_ppo.main(flags(world, tmp_path / "g", "--max_iters=2", "--ppo_epochs=1"))
+    def says(self, prompt, *a, **k):
+        rows = [tok.encode_response(SAYS[i % 4]) for i in range(len(prompt))]
+        n = max(map(len, rows))
+        ids = torch.tensor([r + [tok.pad_id] * (n - len(r)) for r in rows])
+        return ids, torch.tensor([[1.0] * len(r) + [0.0] * (n - len(r)) for r in rows])
+    monkeypatch.setattr(GPT, "generate", says)
     records = batching.fit_prompts(data.read_prompts(str(world / "prompts.jsonl")), tok, 96 - 16, "")
     at = run.epoch_sampler(range(len(records)), 1337)
     w = LABELERS["train"].weights
+    want = [[gold_score(records[at(it * 8 + i)], SAYS[i % 4], w) for i in range(8)] for it in range(2)]
+    assert all(len(set(g)) > 2 for g in want)                          # rows differ: a shuffle would show
+    train_ppo.main(flags(world, tmp_path / "g", "--max_iters=2", "--ppo_epochs=1"))
     for it, row in enumerate(metrics(tmp_path / "g")):
-        want = sum(gold_score(records[at(it * 8 + i)], "odd", w) for i in range(8)) / 8
-        assert row["gold"] == pytest.approx(want, abs=1e-12), (it, row["gold"], want)
-    assert len({r["gold"] for r in metrics(tmp_path / "g")}) == 2       # two batches, two golds
-    # --reward=gold: the control whose reward IS that score (no reward model is read)
-    train_ppo.main(flags(world, tmp_path / "o", "--max_iters=2", "--ppo_epochs=1", "--reward=gold"))
-    for row, want in zip(metrics(tmp_path / "o"), metrics(tmp_path / "g"), strict=True):
-        assert row["score"] == pytest.approx(want["gold"], abs=1e-6) and row["gold"] == want["gold"]
+        assert row["gold"] == pytest.approx(sum(want[it]) / 8, abs=1e-12), (it, row["gold"], want[it])
+    # --reward=gold: the control whose reward IS that score (no reward model is read), per row
+    seen, penalized = [], train_ppo.kernels.penalized_rewards
+    monkeypatch.setattr(train_ppo.kernels, "penalized_rewards",
+                        lambda scores, *a: seen.append(scores.tolist()) or penalized(scores, *a))
+    train_ppo.main(flags(world, tmp_path / "o", "--max_iters=2", "--ppo_epochs=1", "--minibatches=2",
+                         "--reward=gold"))
+    noise = LABELERS["train"].noise                                    # the reward is in logit units
+    assert seen == [pytest.approx([x / noise for x in g], abs=1e-5) for g in want], (seen, want)
+    assert [r["gold"] for r in metrics(tmp_path / "o")] == [r["gold"] for r in metrics(tmp_path / "g")]
     r = tmp_path / "plain.jsonl"                                       # prompts without world metadata
     data.write_jsonl(str(r), [{"prompt": x["prompt"]} for x in records])
     train_ppo.main(flags(world, tmp_path / "p", "--max_iters=1", "--ppo_epochs=1", f"--prompts={r}"))
