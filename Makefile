@@ -24,7 +24,9 @@ test: install
 # 2 (the reward model), step 3 (PPO-ptx), a second round of labeling and reward modelling on
 # that policy's samples, PPO-ptx again, and the evaluation by the held-out labeler:
 # out/demo/report.md. Measured: 8 min 40 s on a 2-core CPU (2026-11-22; 8 min 2 s that morning
-# with pretraining 24 s quicker: the box varies by about 10 %), plus the install on a fresh clone.
+# with pretraining 24 s quicker: the box varies by about 10 %), 9 min 18 s on a 2-core Intel
+# Xeon (2026-12-06), 19 min 2 s on a 2-core AMD EPYC without AVX-512 (2026-12-03): the 10-minute
+# budget holds on the first two, not on the third. Plus the install on a fresh clone.
 DEMO := out/demo
 demo: install
 	$(MAKE) --no-print-directory pipeline DIR=$(DEMO) SEED=0
