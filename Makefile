@@ -32,13 +32,11 @@ demo: install
 	$(MAKE) --no-print-directory pipeline DIR=$(DEMO) SEED=0
 
 # make paper: the pipeline for 2 world seeds, each also with PPO without ptx (the alignment
-# tax) and a larger SFT model (the "small" preset, 2.2x the parameters), judged by both
-# labelers; then the mean and spread over seeds: out/paper/report.md. Not measured since the
-# demo's pipeline grew (2026-11-22); estimated from its parts on a 2-core CPU: about 16 min
-# per seed (the demo's 8, the larger model's 1000 pretraining steps 6.3 at the 0.38 s per step
-# measured, its SFT, PPO without ptx and the longer evaluation about 1.5), so 32 min for two
-# seeds; `make paper SEEDS="0 1 2"` (about 48 min) leaves the 45-minute budget. (The byte-level
-# pipeline of 2026-11-21 took 43 min 44 s for three.)
+# tax) and a larger SFT model (the "small" preset, 2.1x the parameters), judged by both
+# labelers; then the mean and spread over seeds: out/paper/report.md. Measured 2026-12-06 on a
+# 2-core Intel Xeon: 36 min 20 s (18 min a seed, 7 of them the larger model's pretraining), so
+# `make paper SEEDS="0 1 2"` (about 54 min) would break the 45-minute budget there. (The
+# byte-level pipeline of 2026-11-21 took 43 min 44 s for three.)
 PAPER_DIR := out/paper
 SEEDS     := 0 1
 paper: install
