@@ -65,9 +65,16 @@ SFT = --data=$(DIR)/data/sft.jsonl --val_data=$(DIR)/data/sft_val.jsonl \
 # iterations, so the first advantages are noise the policy follows (it miscopies numbers). At
 # 3e-4 the explained variance passes 0.5 by iteration 16; SFT's correct 65 %, PPO-ptx's over
 # seeds 1337/1/2 (held-out labeler, on the previous demo's reward model): 58/53/53 -> 61/59/63 %.
+# Each iteration samples 128 rollouts and takes one pass over them in 4 minibatches of 32: as
+# many optimizer steps as 4 epochs over 32 rollouts, on 4x the samples. One response per
+# prompt makes the policy gradient noisy, and re-using a noisy batch 4 times follows its noise.
+# Measured 2026-12-06 (AMD EPYC box, this demo's SFT and reward model, seeds 1337 / 1):
+# 32 x 4 epochs right 58.0 / 60.2 %, win 55.7 / 58.5 %; 128 x 1 epoch 64.0 / 64.9 %, win 62.4 /
+# 61.3 % (SFT 62.8 %). Against gold (no KL, no ptx): 32 x 4 epochs for 80 iterations 64.7 %,
+# 128 x 1 epoch for 40 iterations 69.4 %.
 PPO = --init=$(DIR)/sft --prompts=$(DIR)/data/ppo_prompts.jsonl \
 	    --ptx_data=$(DIR)/data/corpus.jsonl --kl_coef=0.2 --lr=3e-5 --vf_lr=3e-4 --max_iters=40 \
-	    --log_interval=20 --sample_interval=20 --overwrite
+	    --batch_size=128 --minibatches=4 --ppo_epochs=1 --log_interval=20 --sample_interval=20 --overwrite
 # K = 9, the paper's largest: 36 ranked pairs per prompt for the price of 9 samples. The reward
 # model underfits at this scale rather than overfitting as the paper's did after one epoch: on
 # seed 0 it scored the right response of a right/wrong pair higher 69 % of the time after 3
