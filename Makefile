@@ -25,8 +25,10 @@ test: install
 # that policy's samples, PPO-ptx again, and the evaluation by the held-out labeler:
 # out/demo/report.md. Measured: 8 min 40 s on a 2-core CPU (2026-11-22; 8 min 2 s that morning
 # with pretraining 24 s quicker: the box varies by about 10 %), 9 min 18 s on a 2-core Intel
-# Xeon (2026-12-06), 19 min 2 s on a 2-core AMD EPYC without AVX-512 (2026-12-03): the 10-minute
-# budget holds on the first two, not on the third. Plus the install on a fresh clone.
+# Xeon (2026-12-06), 19 min 2 s on a 2-core AMD EPYC without AVX-512 (2026-12-03; another such
+# box 13 min 49 s on 2026-12-06): the 10-minute budget holds on the first two, not on the third.
+# Those were before PPO's 128 rollouts an iteration, which took that AMD box to 15 min 15 s
+# (PPO-ptx stages 98 -> 143 s; not timed on the others). Plus the install on a fresh clone.
 DEMO := out/demo
 demo: install
 	$(MAKE) --no-print-directory pipeline DIR=$(DEMO) SEED=0
