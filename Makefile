@@ -38,7 +38,8 @@ demo: install
 # labelers; then the mean and spread over seeds: out/paper/report.md. Measured 2026-12-06 on a
 # 2-core Intel Xeon: 36 min 20 s (18 min a seed, 7 of them the larger model's pretraining), so
 # `make paper SEEDS="0 1 2"` (about 54 min) would break the 45-minute budget there. (The
-# byte-level pipeline of 2026-11-21 took 43 min 44 s for three.)
+# byte-level pipeline of 2026-11-21 took 43 min 44 s for three.) With PPO's 128 rollouts an
+# iteration, on a 2-core AMD EPYC without AVX-512: 55 min 4 s, over that budget.
 PAPER_DIR := out/paper
 SEEDS     := 0 1
 paper: install
@@ -70,10 +71,10 @@ SFT = --data=$(DIR)/data/sft.jsonl --val_data=$(DIR)/data/sft_val.jsonl \
 # Each iteration samples 128 rollouts and takes one pass over them in 4 minibatches of 32: as
 # many optimizer steps as 4 epochs over 32 rollouts, on 4x the samples. One response per
 # prompt makes the policy gradient noisy, and re-using a noisy batch 4 times follows its noise.
-# Measured 2026-12-06 (AMD EPYC box, this demo's SFT and reward model, seeds 1337 / 1):
-# 32 x 4 epochs right 58.0 / 60.2 %, win 55.7 / 58.5 %; 128 x 1 epoch 64.0 / 64.9 %, win 62.4 /
-# 61.3 % (SFT 62.8 %). Against gold (no KL, no ptx): 32 x 4 epochs for 80 iterations 64.7 %,
-# 128 x 1 epoch for 40 iterations 69.4 %.
+# Measured 2026-12-06 (AMD EPYC box, the previous demo's SFT and final reward model, seeds
+# 1337 / 1): 32 x 4 epochs right 58.0 / 60.2 %, win 55.7 / 58.5 %; 128 x 1 epoch 64.0 /
+# 64.9 %, win 62.4 / 61.3 % (SFT 62.8 %). Against gold (no KL, no ptx): 32 x 4 epochs for 80
+# iterations 64.7 %, 128 x 1 epoch for 40 iterations 69.4 %.
 PPO = --init=$(DIR)/sft --prompts=$(DIR)/data/ppo_prompts.jsonl \
 	    --ptx_data=$(DIR)/data/corpus.jsonl --kl_coef=0.2 --lr=3e-5 --vf_lr=3e-4 --max_iters=40 \
 	    --batch_size=128 --minibatches=4 --ppo_epochs=1 --log_interval=20 --sample_interval=20 --overwrite
