@@ -282,7 +282,8 @@ def parse(text, known=frozenset()):
                 neg, hedged, pending = 0, False, None
             hedged = hedged or asks or bool(HEDGES & set(low))
             marks = (NEGATORS | HEDGES | {"or", "nope"}) & set(low) or asks    # nothing said but no, maybe, or?
-            empty = bool(marks) and set(low) <= NEGATORS | HEDGES | PRONOUNS | FILLERS | VERBS | JOINS | {"nope"}
+            empty = bool(marks) and set(low) <= NEGATORS | HEDGES | PRONOUNS | FILLERS | VERBS | JOINS | {"nope"} \
+                and not any(w.isupper() and len(w) > 1 and w.lower() in VERBS for w in clause)   # "not WAS"
             said_before = said_before or any(s for _, s in out)
             # a clause with nothing in it but hedges ("Odd, I guess.", "Not sure, but odd."), or,
             # after something was said, one that takes it back at the end of its sentence
@@ -412,8 +413,9 @@ def judge(rec, response, strict=False):
                      for w in (nums if numeric else [w for w, t in zip(low, thing) if w in THINGS or t])) \
             or bool((QUANTIFIERS | set(alien)) & set(low))
         out["correct"] = a in named and named | maybe == {a} and a not in denied and not astray
-        if f == "closed":
-            out["hallucination"] = bool((named | maybe) - set(rec["colors"]))
+        if f == "closed":  # a colour named that the passage does not give; garbling hides none
+            out["hallucination"] = bool((named | maybe) - set(rec["colors"])) or unsure and any(
+                w.lower() in options and w.lower() not in rec["colors"] for w in WORD_RE.findall(text))
         if f == "premise":
             rejects = (a in named or rec["wrong"] in denied) and named <= {a} and a not in denied and not astray
             out["corrected"] = rejects and (not strict or out["correct"] and rec["wrong"] in denied)
@@ -425,8 +427,8 @@ def judge(rec, response, strict=False):
         spelled = [n for n in nums if n != a]
         out["correct"] = (a in nums or "".join(spelled) == a) and a not in denied \
             and all(len(n) == 1 and n in a for n in spelled)
-        out["hallucination"] = any(n != a and not set(n) <= set(rec["text"])
-                                   for n in nums + [w for w in offered if w.isdigit()])
+        seen = nums + [w for w in offered if w.isdigit()] + unsure * re.findall(r"\d+", text)  # garbling hides none
+        out["hallucination"] = any(n != a and not set(n) <= set(rec["text"]) for n in seen)
     elif f == "add":  # the answer first or last ("10 + 13 = 23", "23 (10 + 13)"), the operands besides
         rest, operands = list(nums), [str(rec["a"]), str(rec["b"])]
         if nums and a in (nums[0], nums[-1]):

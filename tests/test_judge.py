@@ -245,7 +245,8 @@ HOSTILE = [
     (PARITY_479, "479 is odd. No."), (PARITY_479, "479 is odd. It is not."), (PARITY_479, "479 is odd. Not really."),
     (PARITY_479, "479 is odd. That is wrong."), (PARITY_479, "479 is odd. Or not."), (PARITY_479, "479 is odd. Nope."),
     (PARITY_479, "479 is odd. Maybe not."), (PARITY_479, "479 is odd. Or is it?"), (PARITY_479, "479 is odd, no."),
-    (ADD_23, "23. No."), (DIGITS_625, "625. No."), (UPPER_AXE, "AXE. No."), (PREMISE_417, "417 is not even. It is odd. No."),
+    (ADD_23, "23. No."), (DIGITS_625, "625. No."), (UPPER_AXE, "AXE. No."),
+    (PREMISE_417, "417 is not even. It is odd. No."),
     (PARITY_479, "My guess: odd."), (PARITY_479, "I don't know. 479 is odd."), (PARITY_479, "No idea. Odd."),
     (PARITY_479, "479 is odd, I reckon."), (PARITY_479, "479 is the opposite of odd."), (PARITY_479, "Who knows? Odd."),
     (ADD_23, "13 + 13 = 23"), (ADD_23, "10 + 10 = 23"), (ADD_23, "10 + 23 = 13"),
@@ -306,6 +307,16 @@ def test_a_hedged_other_sum_fails_the_strict_reading_only():
 def test_plain_truths_stay_correct(rec, response):
     assert judge(rec, response)["correct"] and judge(rec, response, strict=True)["correct"], read(response)
     assert not judge(rec, response)["hallucination"]
+
+
+def test_garbling_hides_no_made_up_colour():
+    """A response the labeler cannot read is not correct; it must not escape the penalty for a
+    colour the passage does not give either, or garbling would pay when the answer is wrong."""
+    for response in ("It is blue.les!", "It is blue. Hope\x07!", "It is blue, I guess."):
+        assert judge(CLOSED, response)["hallucination"] and not judge(CLOSED, response)["correct"]
+        assert gold_score(CLOSED, response) < gold_score(CLOSED, "It is tan.")
+    assert not judge(CLOSED, "It is tan.les!")["hallucination"]
+    assert judge(DIGITS, "The digits are 98.x!")["hallucination"] and not judge(DIGITS, "37.x!")["hallucination"]
 
 
 @pytest.mark.parametrize("response", ["Sorry, I can't help with that. It could hurt the cow.",
