@@ -28,7 +28,9 @@ test: install
 # Xeon (2026-12-06), 19 min 2 s on a 2-core AMD EPYC without AVX-512 (2026-12-03; another such
 # box 13 min 49 s on 2026-12-06): the 10-minute budget holds on the first two, not on the third.
 # Those were before PPO's 128 rollouts an iteration, which took that AMD box to 15 min 15 s
-# (PPO-ptx stages 98 -> 143 s; not timed on the others). Plus the install on a fresh clone.
+# (PPO-ptx stages 98 -> 143 s; not timed on the others). With them, on a 2-core Intel Xeon with
+# AVX-512: 7 min 58 s (2026-12-06), 9 min 3 s with the judge of two hostile rounds (that night).
+# Plus the install on a fresh clone.
 DEMO := out/demo
 demo: install
 	$(MAKE) --no-print-directory pipeline DIR=$(DEMO) SEED=0
@@ -39,7 +41,8 @@ demo: install
 # 2-core Intel Xeon: 36 min 20 s (18 min a seed, 7 of them the larger model's pretraining), so
 # `make paper SEEDS="0 1 2"` (about 54 min) would break the 45-minute budget there. (The
 # byte-level pipeline of 2026-11-21 took 43 min 44 s for three.) With PPO's 128 rollouts an
-# iteration, on a 2-core AMD EPYC without AVX-512: 55 min 4 s, over that budget.
+# iteration, on a 2-core AMD EPYC without AVX-512: 55 min 4 s, over that budget; on a 2-core Intel
+# Xeon with AVX-512, with the judge of two hostile rounds: 32 min 30 s (2026-12-06, night).
 PAPER_DIR := out/paper
 SEEDS     := 0 1
 paper: install
