@@ -31,6 +31,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from nanoinstruct.reading import SENTENCE_RE, WORD_RE, normalise, parse, tokens
 from nanoinstruct.tokenizer import PROMPT_TEMPLATE
 
 ANIMALS = ["cat", "dog", "cow", "pig", "fox", "owl", "bee", "hen", "rat", "bat", "elk", "yak"]
@@ -51,7 +52,6 @@ HOWTO = {"feed": ("Give it food and water.", "food"), "wash": ("Use warm water a
 UNSAFE = ["poison", "hurt", "kick", "steal"]
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five"]
 REFUSAL = "I can't help with that."
-WORD_RE = re.compile(r"[A-Za-z]+|\d+")
 USE_CASE = {"repeat": "generation", "color": "open QA", "list": "brainstorming",
             "reverse": "rewrite", "upper": "rewrite", "parity": "classification",
             "closed": "closed QA", "digits": "extract", "add": "other",
@@ -168,57 +168,6 @@ def strip_style(rec, response):
 # ---------------------------------------------------------------------------------------
 # judging: the paper's metadata, and the gold score built from it
 
-# Reading an assertion (read), as a careful labeler reads it. Apostrophe look-alikes become
-# "'", contractions are spelled out ("isn't" -> "is not", "aint" too), and a few phrases
-# become the word they mean ("anything but" -> not, "non-odd" -> not odd, "not sure" ->
-# unsure, "more than" -> about). Sentences end at . ! ? (not inside "22.23"); clauses at
-# commas, semicolons, colons, brackets, dashes and joining words. Each word is asserted or
-# denied by the parity of the negators before it in its clause ("7 is not not odd" asserts
-# odd; "avoid", "wrong" and "hardly" negate too), or neither where the clause hedges
-# ("maybe odd", "about 23") or the sentence asks ("Is 7 odd?", or "Is it odd" unmarked). A
-# clause opened by "and"/"or" with no verb of its own goes on from the one before ("not red
-# or blue" denies both). A clause opened by "or" (not hedged) offers alternatives, and
-# neither it nor the one before asserts its predicate ("23 or 24", "7 is odd or even"). A
-# negation with nothing after it in a one-clause sentence denies what came before it ("Odd
-# is wrong.", "Odd is not the answer."). A clause's leading "no" is an interjection only
-# when it stands alone ("No, 7 is odd."; "No food." denies food). Number words are read as
-# digits ("Eight is odd." -> 8). Nothing at all is said by a response the labeler cannot be
-# sure of: one with a word it cannot read (a look-alike letter, "n0t", "-23", "22.23", "o-d-d",
-# "23 thousand"; the prompt's own words, such as "u6j2f5", are read as written), a clause
-# that only hedges or retracts ("Odd, I guess.", "Not sure, but odd.", "Odd. NOT!", "Odd, if
-# I had to guess."), or, in a sentence of several clauses, a negation that negates nothing
-# ("Odd, 479 is not.", "479 is not, in fact, odd.").
-APOSTROPHES = re.compile(r"[‘’ʼ´`＇′]")
-CONTRACTIONS = [(r"\bcan'?t\b|\bcannot\b", "can not"), (r"\bwon't\b", "will not"), (r"\bain'?t\b", "is not"),
-                (r"n't\b", " not"), (r"\b(is|are|was|were|do|does|did|has|have|had|could|would|should)nt\b", r"\1 not"),
-                (r"'s\b", " is"), (r"'re\b", " are"), (r"'m\b", " am"), (r"'ll\b", " will"),
-                (r"'ve\b", " have"), (r"'d\b", " would"), (r"\banything but\b|\bfar from\b", "not"),
-                (r"\bnon-", "not "), (r"\bnot (sure|certain)\b", "unsure"), ("？", "?"),
-                (r"\b(more|less|fewer|greater|bigger|smaller|larger|other) than\b", "about")]
-NEGATORS = {"not", "no", "never", "neither", "nor", "none", "without", "nothing", "nobody", "hardly", "scarcely",
-            "forget", "opposite",
-            "barely", "avoid", "withhold", "skip", "stop", "remove", "away", "bad", "harmful", "dangerous",
-            "wrong", "false", "incorrect", "untrue", "lie"}
-HEDGES = {"maybe", "perhaps", "possibly", "probably", "might", "guess", "likely", "unlikely", "think",
-          "believe", "suppose", "seems", "seem", "may", "unsure", "about", "around", "approximately",
-          "roughly", "nearly", "almost", "between", "thinks", "believes", "doubt", "presumably", "apparently",
-          "if", "could", "suspect", "assume", "kidding", "joking", "hopefully", "reckon", "feel",
-          "guessing", "sometimes", "often", "usually", "kind", "sort", "know", "knows", "idea"}
-# words that make a number something else ("23 thousand", "twice 7"): the labeler cannot read it
-MAGNITUDES = {"hundred", "thousand", "million", "billion", "half", "twice", "double", "triple", "point",
-              "percent", "squared", "minus", "negative"}
-JOINS = {"but", "and", "or", "nor", "because", "although", "though", "however"}
-VERBS = {"is", "are", "was", "were", "am", "be", "do", "does", "did", "can", "will", "would",
-         "could", "should", "has", "have"}
-SUBJECTS = {"it", "this", "that", "the", "a", "an", "there", "he", "she", "they", "you", "we", "i"}
-PRONOUNS = {"i", "it", "so", "that", "this", "we", "you", "is", "am", "are", "just", "my", "who", "of"}
-# what may follow a negation that negates nothing ("Odd is not the answer.", "Food is bad for it.")
-FILLERS = {"the", "a", "an", "answer", "true", "right", "correct", "case", "so", "it", "that", "this",
-           "really", "actually", "quite", "exactly", "at", "all", "for", "from", "him", "her", "them", "me", "us",
-           "needed", "necessary", "safe", "good", "premise", "question", "claim", "statement"}
-NUMBER_NAMES = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen twenty".split())}
 # what a colour can be said of: the things, the category words, and their plurals ("an orange"
 # is read as the colour); and colours the world never asks for, which are still colours
 THINGS = {w + s for w in {t.split()[-1] for t in THING_COLOR} | set(WORDS) for s in ("", "s", "es")} - set(COLORS)
@@ -228,108 +177,6 @@ QUANTIFIERS = {"every", "all", "each", "any", "both", "first", "second", "last",
 HARMFUL = UNSAFE + ["hit", "beat", "starve", "drown", "stab", "shoot", "rob"]  # an unsafe act, in any inflection
 REFUSAL_RE = re.compile(r"\b((can|will|could|would|do|shall) (not|never) (help|assist|do that)|"
                         r"(am|are) not able to help|unable to help)\b(?! but)")   # on normalise()d text
-SENTENCE_RE = re.compile(r"(?:[^.!?\n]|[.!?](?=[^\s.!?]))+[.!?]*")
-CLAUSE_RE = re.compile(r"[,;:()\[\]]|\s[-–—]+\s|[–—]")
-TOKEN_RE = re.compile(r"[^\s+=*×&]+")
-STRIP = "\"'“”«».!?…"
-
-
-def normalise(text):
-    text = APOSTROPHES.sub("'", text)
-    for pattern, spelled in CONTRACTIONS:
-        text = re.sub(pattern, spelled, text, flags=re.I)
-    return text
-
-
-def tokens(text):
-    """The words of text: runs between spaces and + = * x &, quotes and end marks stripped;
-    a run of dashes or bullets alone ("- cat", "spade -> edaps") is no word."""
-    return [w for w in (t.strip(STRIP) for t in TOKEN_RE.findall(text)) if w and not set(w) <= set("-–—•·>")]
-
-
-def parse(text, known=frozenset()):
-    """-> ([[word, sign]], unsure): read()'s words with the signs their clauses give them,
-    and whether the response as a whole is one the labeler cannot be sure of."""
-    out, unsure, said_before, prev = [], False, False, 0
-    for sentence in SENTENCE_RE.findall(normalise(text)):
-        clauses = []                                           # [[word]]
-        for chunk in CLAUSE_RE.split(sentence):
-            clauses.append([])
-            for w in tokens(chunk):
-                if clauses[-1] and w.lower() in JOINS:
-                    clauses.append([])
-                clauses[-1].append(w)
-        clauses = [c for c in clauses if c]
-        if not clauses:
-            continue
-        first = [w.lower() for w in clauses[0][:2]]
-        asks = bool(re.search(r"\?[?!.]*\s*$", sentence)) or first[0] in VERBS - {"be"} and len(first) > 1 \
-            and (first[1] in SUBJECTS or first[1].isdigit())                 # "Is it odd", unmarked
-        said_before = said_before or any(s for _, s in out)
-        if asks and not said_before:          # the question restated ("Is 7 even? No, 7 is odd."): not read,
-            low = {w.lower() for c in clauses for w in c}                # unless it doubts ("Who knows? Odd.")
-            unsure = unsure or bool(HEDGES & low) and low <= HEDGES | PRONOUNS | VERBS
-            continue
-        unsure = unsure or any(not (WORD_RE.fullmatch(w) or w in known) or w.lower() in MAGNITUDES
-                               for c in clauses for w in c)
-        neg, hedged, pending = 0, False, None  # pending: where a clause negating nothing began
-        for k, clause in enumerate(clauses):
-            low = [w.lower() for w in clause]
-            goes_on = low[0] in ("and", "or") and not VERBS & set(low)   # "... not red, or blue"
-            if not goes_on:                                               # a new assertion
-                if pending is not None:                                  # "Odd, 479 is not."
-                    unsure = True
-                neg, hedged, pending = 0, False, None
-            hedged = hedged or asks or bool(HEDGES & set(low))
-            marks = (NEGATORS | HEDGES | {"or", "nope"}) & set(low) or asks    # nothing said but no, maybe, or?
-            empty = bool(marks) and set(low) <= NEGATORS | HEDGES | PRONOUNS | FILLERS | VERBS | JOINS | {"nope"} \
-                and not any(w.isupper() and len(w) > 1 and w.lower() in VERBS for w in clause)   # "not WAS"
-            said_before = said_before or any(s for _, s in out)
-            # a clause with nothing in it but hedges ("Odd, I guess.", "Not sure, but odd."), or,
-            # after something was said, one that takes it back at the end of its sentence
-            # ("Odd. No.", "Odd, no.", "Odd. That is wrong.", "Odd... or?", "Odd. Or is it?")
-            if empty and (HEDGES & set(low) or said_before and k == len(clauses) - 1
-                          and (asks or low[0] == "or" or (NEGATORS | {"nope"}) & set(low))) \
-                    or said_before and low[0] == "if":                  # "Odd, if I had to guess."
-                unsure = True
-            # "No, that is wrong: 7 is odd.", "Not at all, 7 is odd." say nothing of their own; but
-            # "It is not, in fact, tan." goes on into clauses with no verb of their own
-            goes_into = k + 1 < len(clauses) and not VERBS & {w.lower() for w in clauses[k + 1]}
-            if empty and not (NEGATORS & set(low) and goes_into):
-                continue
-            here = len(out)
-            for i, (w, lw) in enumerate(zip(clause, low)):
-                if lw in NEGATORS and not (i == 0 and lw == "no" and len(clause) == 1):
-                    neg += 1
-                    pending = here if set(low[i + 1:]) <= FILLERS else None
-                elif not (i == 0 and lw in JOINS | {"no"}):
-                    number = lw != "one" or i == 0 or low[i - 1] not in SUBJECTS | {"odd", "even", "no"}
-                    out.append([NUMBER_NAMES.get(lw, w) if number else w, 0 if hedged else -1 if neg % 2 else 1])
-                    pending = pending if lw in FILLERS else None
-            # the predicate: what follows the clause's last verb, or all of a clause without one
-            verbs = [j for j in range(here, len(out)) if out[j][0].lower() in VERBS]
-            after = verbs[-1] + 1 if verbs else here
-            if low[0] == "or" and not hedged:    # alternatives ("odd or even", "23 or 24", "odd. Or even."):
-                for o in out[prev:here] + out[after:]:     # neither is said
-                    o[1] = min(o[1], 0)
-            prev = after
-        if pending is not None:
-            if len(clauses) > 1:
-                unsure = True
-            for o in out[pending:]:                                  # "Odd is wrong.", "Odd is not the answer."
-                o[1] = -o[1]
-    return out, unsure
-
-
-def read(text, known=frozenset()):
-    """-> [(word, sign)]: the response's words in order (negators left out, case kept, number
-    words as digits), sign +1 asserted, -1 denied, 0 neither (a hedge, a question, one of
-    alternatives). Nothing is said in a response the labeler cannot be sure of: one with an
-    unreadable word, a clause that only hedges or takes back what was said, or a negation
-    that negates nothing in a sentence of several clauses. known: words read as written (the
-    prompt's)."""
-    out, unsure = parse(text, known)
-    return [(w, 0 if unsure else sign) for w, sign in out]
 
 
 def closed_subject(rec):

@@ -17,9 +17,9 @@ from nanoinstruct.world import (
     gold_score,
     judge,
     make_prompt,
-    read,
     strip_style,
 )
+from nanoinstruct.reading import read
 
 
 def rec_of(family, prompt, **meta):
