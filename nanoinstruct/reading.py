@@ -51,8 +51,9 @@ MAGNITUDES = {"hundred", "thousand", "million", "billion", "half", "twice", "dou
 JOINS = {"but", "and", "or", "nor", "because", "although", "though", "however"}
 VERBS = {"is", "are", "was", "were", "am", "be", "do", "does", "did", "can", "will", "would",
          "could", "should", "has", "have"}
+QUESTION_VERBS = {"is", "are", "was", "were", "am", "does", "did", "can", "could", "will", "would", "should", "has"}
 SUBJECTS = {"it", "this", "that", "the", "a", "an", "there", "he", "she", "they", "you", "we", "i"}
-PRONOUNS = {"i", "it", "so", "that", "this", "we", "you", "is", "am", "are", "just", "my", "who", "of"}
+BESIDE_HEDGE = {"i", "it", "so", "that", "this", "we", "you", "is", "am", "are", "just", "my", "who", "of"}
 # what may follow a negation that negates nothing ("Odd is not the answer.", "Food is bad for it.")
 FILLERS = {"the", "a", "an", "answer", "true", "right", "correct", "case", "so", "it", "that", "this",
            "really", "actually", "quite", "exactly", "at", "all", "for", "from", "him", "her", "them", "me", "us",
@@ -75,37 +76,49 @@ def normalise(text):
 
 
 def tokens(text):
-    """The words of text: runs between spaces and + = * x &, quotes and end marks stripped;
+    """The words of text: runs between spaces and + = * × &, quotes and end marks stripped;
     a run of dashes or bullets alone ("- cat", "spade -> edaps") is no word."""
     return [w for w in (t.strip(STRIP) for t in TOKEN_RE.findall(text)) if w and not set(w) <= set("-–—•·>")]
 
 
+def clauses_of(sentence):
+    """A sentence's clauses, each a list of words: cut at , ; : ( ) [ ] and dashes, and before
+    a joining word ("odd but not even" -> [odd], [but, not, even])."""
+    clauses = []
+    for chunk in CLAUSE_RE.split(sentence):
+        clauses.append([])
+        for w in tokens(chunk):
+            if clauses[-1] and w.lower() in JOINS:
+                clauses.append([])
+            clauses[-1].append(w)
+    return [c for c in clauses if c]
+
+
 def parse(text, known=frozenset()):
-    """-> ([[word, sign]], unsure): read()'s words with the signs their clauses give them,
-    and whether the response as a whole is one the labeler cannot be sure of."""
-    out, unsure, said_before, prev = [], False, False, 0
+    """-> (words, unsure, alternatives): read()'s [word, sign] pairs with the signs their
+    clauses give them, whether the response as a whole is one the labeler cannot be sure of,
+    and the positions of the words offered as alternatives ("23 or 24")."""
+    out, unsure, alternatives = [], False, set()
+    question, since = None, 0      # a restated question, kept for a "Yes."/"No." after it; where "or" reaches back
     for sentence in SENTENCE_RE.findall(normalise(text)):
-        clauses = []                                           # [[word]]
-        for chunk in CLAUSE_RE.split(sentence):
-            clauses.append([])
-            for w in tokens(chunk):
-                if clauses[-1] and w.lower() in JOINS:
-                    clauses.append([])
-                clauses[-1].append(w)
-        clauses = [c for c in clauses if c]
+        clauses = clauses_of(sentence)
         if not clauses:
             continue
         first = [w.lower() for w in clauses[0][:2]]
-        asks = bool(re.search(r"\?[?!.]*\s*$", sentence)) or first[0] in VERBS - {"be"} and len(first) > 1 \
-            and (first[1] in SUBJECTS or first[1].isdigit())                 # "Is it odd", unmarked
-        said_before = said_before or any(s for _, s in out)
-        if asks and not said_before:          # the question restated ("Is 7 even? No, 7 is odd."): not read,
-            low = {w.lower() for c in clauses for w in c}                # unless it doubts ("Who knows? Odd.")
-            unsure = unsure or bool(HEDGES & low) and low <= HEDGES | PRONOUNS | VERBS
+        unmarked = first[0] in QUESTION_VERBS and len(first) > 1 and (first[1] in SUBJECTS or first[1].isdigit())
+        asks = bool(re.search(r"\?[?!.]*\s*$", sentence)) or unmarked          # "Is it odd?", "Is it odd"
+        said_before = any(sign for _, sign in out)
+        if asks and not said_before:     # the question restated ("Is 7 even? No, 7 is odd."): not read,
+            low = {w.lower() for c in clauses for w in c}       # unless it doubts ("Who knows? Odd.")
+            unsure = unsure or bool(HEDGES & low) and low <= HEDGES | BESIDE_HEDGE | VERBS
+            question = [w for c in clauses for w in c]
             continue
+        if question and first[0] in ("yes", "no"):     # "Is 7 even? No, ..." denies what it asked
+            out += [[w, 1 if first[0] == "yes" else -1] for w in question if w.lower() not in QUESTION_VERBS]
+        question = None
         unsure = unsure or any(not (WORD_RE.fullmatch(w) or w in known) or w.lower() in MAGNITUDES
                                for c in clauses for w in c)
-        neg, hedged, pending = 0, False, None  # pending: where a clause negating nothing began
+        neg, hedged, pending, since_set = 0, False, None, False   # pending: where a clause negating nothing began
         for k, clause in enumerate(clauses):
             low = [w.lower() for w in clause]
             goes_on = low[0] in ("and", "or") and not VERBS & set(low)   # "... not red, or blue"
@@ -114,44 +127,56 @@ def parse(text, known=frozenset()):
                     unsure = True
                 neg, hedged, pending = 0, False, None
             hedged = hedged or asks or bool(HEDGES & set(low))
-            marks = (NEGATORS | HEDGES | {"or", "nope"}) & set(low) or asks    # nothing said but no, maybe, or?
-            empty = bool(marks) and set(low) <= NEGATORS | HEDGES | PRONOUNS | FILLERS | VERBS | JOINS | {"nope"} \
-                and not any(w.isupper() and len(w) > 1 and w.lower() in VERBS for w in clause)   # "not WAS"
-            said_before = said_before or any(s for _, s in out)
-            # a clause with nothing in it but hedges ("Odd, I guess.", "Not sure, but odd."), or,
-            # after something was said, one that takes it back at the end of its sentence
-            # ("Odd. No.", "Odd, no.", "Odd. That is wrong.", "Odd... or?", "Odd. Or is it?")
-            if empty and (HEDGES & set(low) or said_before and k == len(clauses) - 1
-                          and (asks or low[0] == "or" or (NEGATORS | {"nope"}) & set(low))) \
-                    or said_before and low[0] == "if":                  # "Odd, if I had to guess."
+            said_before = any(sign for _, sign in out)
+            # a clause that says nothing of its own: only no, not, maybe, or, a question ("That is
+            # wrong.", "Not at all", "I guess", "Or is it?"); its last word says something if it
+            # is a verb ("It is not not was.") or any verb in capitals ("not WAS")
+            marked = bool((NEGATORS | HEDGES | {"or", "nope"}) & set(low)) or asks
+            content = [w for i, (w, lw) in enumerate(zip(clause, low))
+                       if lw not in NEGATORS | HEDGES | BESIDE_HEDGE | FILLERS | JOINS | {"nope"} | VERBS
+                       or lw in VERBS and (i == len(clause) - 1 and i > 0 and low[i - 1] in NEGATORS
+                                           or w.isupper() and len(w) > 1)]
+            empty = marked and not content
+            only_hedges = empty and bool(HEDGES & set(low))                  # "Odd, I guess.", "Not sure, but odd."
+            takes_back = empty and said_before and k == len(clauses) - 1 \
+                and (asks or low[0] == "or" or bool((NEGATORS | {"nope"}) & set(low)))   # "Odd. No.", "Odd, no."
+            if only_hedges or takes_back or said_before and low[0] == "if":  # "Odd, if I had to guess."
                 unsure = True
-            # "No, that is wrong: 7 is odd.", "Not at all, 7 is odd." say nothing of their own; but
-            # "It is not, in fact, tan." goes on into clauses with no verb of their own
+            # "No, that is wrong: 7 is odd." and "Not at all, 7 is odd." say nothing; but "It is
+            # not, in fact, tan." goes on into clauses with no verb of their own
             goes_into = k + 1 < len(clauses) and not VERBS & {w.lower() for w in clauses[k + 1]}
             if empty and not (NEGATORS & set(low) and goes_into):
                 continue
-            here = len(out)
+            here, negators = len(out), 0
             for i, (w, lw) in enumerate(zip(clause, low)):
                 if lw in NEGATORS and not (i == 0 and lw == "no" and len(clause) == 1):
-                    neg += 1
-                    pending = here if set(low[i + 1:]) <= FILLERS else None
+                    neg, negators = neg + 1, negators + 1
+                    if set(low[i + 1:]) <= FILLERS and pending is None:
+                        pending = here
                 elif not (i == 0 and lw in JOINS | {"no"}):
-                    number = lw != "one" or i == 0 or low[i - 1] not in SUBJECTS | {"odd", "even", "no"}
-                    out.append([NUMBER_NAMES.get(lw, w) if number else w, 0 if hedged else -1 if neg % 2 else 1])
-                    pending = pending if lw in FILLERS else None
-            # the predicate: what follows the clause's last verb, or all of a clause without one
+                    # a number word is a number, but for "one" after a/the/odd ("an odd one")
+                    a_number = lw != "one" or i == 0 or low[i - 1] not in SUBJECTS | {"odd", "even", "no"}
+                    out.append([NUMBER_NAMES.get(lw, w) if a_number else w, 0 if hedged else -1 if neg % 2 else 1])
+                    if lw not in FILLERS:
+                        pending = None
+            # alternatives ("odd or even", "23, no, or 24", "odd. Or even."): a clause opened by
+            # "or" and what was said since the last sentence's or this one's first verb
             verbs = [j for j in range(here, len(out)) if out[j][0].lower() in VERBS]
             after = verbs[-1] + 1 if verbs else here
-            if low[0] == "or" and not hedged:    # alternatives ("odd or even", "23 or 24", "odd. Or even."):
-                for o in out[prev:here] + out[after:]:     # neither is said
-                    o[1] = min(o[1], 0)
-            prev = after
+            if low[0] == "or" and not hedged:
+                for j in list(range(since, here)) + list(range(after, len(out))):
+                    if out[j][1] > 0:
+                        out[j][1] = 0
+                        alternatives.add(j)
+            if not since_set:        # the sentence's first clause read: "or" reaches back to its predicate
+                since, since_set = (since, True) if low[0] == "or" else (after, True)
         if pending is not None:
             if len(clauses) > 1:
                 unsure = True
-            for o in out[pending:]:                                  # "Odd is wrong.", "Odd is not the answer."
-                o[1] = -o[1]
-    return out, unsure
+            if negators % 2:                   # "Odd is wrong." denies odd; "Even is not wrong." does not
+                for o in out[pending:]:
+                    o[1] = -o[1]
+    return out, unsure, alternatives
 
 
 def read(text, known=frozenset()):
@@ -161,5 +186,5 @@ def read(text, known=frozenset()):
     unreadable word, a clause that only hedges or takes back what was said, or a negation
     that negates nothing in a sentence of several clauses. known: words read as written (the
     prompt's)."""
-    out, unsure = parse(text, known)
+    out, unsure, _ = parse(text, known)
     return [(w, 0 if unsure else sign) for w, sign in out]
