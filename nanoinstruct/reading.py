@@ -111,10 +111,12 @@ def parse(text, known=frozenset()):
         if asks and not said_before:     # the question restated ("Is 7 even? No, 7 is odd."): not read,
             low = {w.lower() for c in clauses for w in c}       # unless it doubts ("Who knows? Odd.")
             unsure = unsure or bool(HEDGES & low) and low <= HEDGES | BESIDE_HEDGE | VERBS
-            question = [w for c in clauses for w in c]
+            words = [w for c in clauses for w in c]
+            question = " ".join(words[1:] if words[0].lower() in QUESTION_VERBS else words) + "."
             continue
-        if question and first[0] in ("yes", "no"):     # "Is 7 even? No, ..." denies what it asked
-            out += [[w, 1 if first[0] == "yes" else -1] for w in question if w.lower() not in QUESTION_VERBS]
+        answered = bool(question) and first[0] in ("yes", "no")
+        if answered:           # "Is 7 even? No, ..." denies what it asked; "Is it not odd? Yes." denies odd
+            out += [[w, sign if first[0] == "yes" else -sign] for w, sign in parse(question, known)[0]]
         question = None
         unsure = unsure or any(not (WORD_RE.fullmatch(w) or w in known) or w.lower() in MAGNITUDES
                                for c in clauses for w in c)
@@ -126,6 +128,8 @@ def parse(text, known=frozenset()):
                 if pending is not None:                                  # "Odd, 479 is not."
                     unsure = True
                 neg, hedged, pending = 0, False, None
+            elif low[0] == "and" and (len(low) < 2 or low[1] not in NEGATORS):   # "not even, and odd"
+                neg = 0
             hedged = hedged or asks or bool(HEDGES & set(low))
             said_before = any(sign for _, sign in out)
             # a clause that says nothing of its own: only no, not, maybe, or, a question ("That is
@@ -138,7 +142,7 @@ def parse(text, known=frozenset()):
                                            or w.isupper() and len(w) > 1)]
             empty = marked and not content
             only_hedges = empty and bool(HEDGES & set(low))                  # "Odd, I guess.", "Not sure, but odd."
-            takes_back = empty and said_before and k == len(clauses) - 1 \
+            takes_back = empty and said_before and k == len(clauses) - 1 and not (answered and k == 0) \
                 and (asks or low[0] == "or" or bool((NEGATORS | {"nope"}) & set(low)))   # "Odd. No.", "Odd, no."
             if only_hedges or takes_back or said_before and low[0] == "if":  # "Odd, if I had to guess."
                 unsure = True
@@ -150,7 +154,9 @@ def parse(text, known=frozenset()):
             here, negators = len(out), 0
             for i, (w, lw) in enumerate(zip(clause, low)):
                 if lw in NEGATORS and not (i == 0 and lw == "no" and len(clause) == 1):
-                    neg, negators = neg + 1, negators + 1
+                    # "not not odd" asserts odd; "not even not odd" denies both
+                    neg = neg + 1 if i > 0 and low[i - 1] in NEGATORS or i == 0 and neg else 1
+                    negators += 1
                     if set(low[i + 1:]) <= FILLERS and pending is None:
                         pending = here
                 elif not (i == 0 and lw in JOINS | {"no"}):
