@@ -42,7 +42,7 @@ demo: install
 # `make paper SEEDS="0 1 2"` (about 54 min) would break the 45-minute budget there. (The
 # byte-level pipeline of 2026-11-21 took 43 min 44 s for three.) With PPO's 128 rollouts an
 # iteration, on a 2-core AMD EPYC without AVX-512: 55 min 4 s, over that budget; on a 2-core Intel
-# Xeon with AVX-512, with the judge of two hostile rounds: 32 min 30 s (2026-12-06, night).
+# Xeon with AVX-512, with the judge of two hostile rounds: 32 min 30 s, of four: 31 min 1 s (2026-12-06).
 PAPER_DIR := out/paper
 SEEDS     := 0 1
 paper: install
