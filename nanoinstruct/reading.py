@@ -175,7 +175,9 @@ def parse(text, known=frozenset()):
                         out[j][1] = 0
                         alternatives.add(j)
             if not since_set:        # the sentence's first clause read: "or" reaches back to its predicate
-                since, since_set = (since, True) if low[0] == "or" else (after, True)
+                since_set = True
+                if low[0] != "or":   # "odd. Or even." reaches back into the sentence before
+                    since = after
         if pending is not None:
             if len(clauses) > 1:
                 unsure = True
