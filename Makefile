@@ -29,7 +29,8 @@ test: install
 # box 13 min 49 s on 2026-12-06): the 10-minute budget holds on the first two, not on the third.
 # Those were before PPO's 128 rollouts an iteration, which took that AMD box to 15 min 15 s
 # (PPO-ptx stages 98 -> 143 s; not timed on the others). With them, on a 2-core Intel Xeon with
-# AVX-512: 7 min 58 s (2026-12-06), 9 min 3 s with the judge of two hostile rounds (that night).
+# AVX-512: 7 min 58 s (2026-12-06), 9 min 3 s with the judge of two hostile rounds (that night),
+# 8 min 36 s with that of four (a819d7b, 2026-12-06).
 # Plus the install on a fresh clone.
 DEMO := out/demo
 demo: install
