@@ -62,7 +62,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 import kernels
-from nanoinstruct import batching, checkpoint, data, distributed, losses, run, world
+from nanoinstruct import batching, checkpoint, collect, data, distributed, losses, run, world
 from nanoinstruct.cli import UserError, cli_main, parse_flags
 from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
 
@@ -186,9 +186,12 @@ def main(argv=None):
         records = data.check_template(data.read_prompts(cfg.prompts), cfg.prompts, tok.template)
         records = batching.fit_prompts(records, tok, block - cfg.max_new_tokens, cfg.prompts)
         prompts = [tok.encode_prompt(r["prompt"]) for r in records]
-        if reward is None and not all("family" in r for r in records):
-            raise UserError(f"--reward=gold: {cfg.prompts} has prompts without the world's metadata (family, "
-                            f"answer, ...); the gold score reads them")
+        # the world's prompts (every family one of the world's) must carry what the gold score
+        # reads; other prompts are valid for a learned reward, and then gold is not logged
+        world_prompts = all(isinstance(r.get("family"), str) and r["family"] in world.MIX for r in records)
+        if world_prompts or reward is None:
+            collect.require_world(records, cfg.prompts, "the gold score reads the world's metadata"
+                                  + (" (--reward=gold)" if reward is None else ""))
     # the policy starts as an exact copy of the reference (a resumed one from its checkpoint)
     policy = run.init_gpt(ckpt, cfg.tokenizer, 0.0, template=cfg.template)[0] if cfg.resume else copy.deepcopy(ref)
     for m in filter(None, (policy, ref, reward, value)):
@@ -205,7 +208,7 @@ def main(argv=None):
     B, M, W = cfg.batch_size, cfg.batch_size // cfg.minibatches, d.world_size
     index_at = run.epoch_sampler(range(len(prompts)), cfg.seed)   # global rollout position -> prompt
     gold_of = None                                                # the world's gold score, when it applies
-    if not cfg.bench and all("family" in r for r in records):
+    if not cfg.bench and world_prompts:
         gold_of = lambda rec, y: world.gold_score(rec, y, world.LABELERS["train"].weights)  # noqa: E731
 
     def response_logprobs(model, ids, mask, P):

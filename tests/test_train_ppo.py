@@ -204,9 +204,20 @@ def test_gold_is_the_worlds_score_of_the_rollouts(world, tmp_path, monkeypatch):
     data.write_jsonl(str(r), [{"prompt": x["prompt"]} for x in records])
     train_ppo.main(flags(world, tmp_path / "p", "--max_iters=1", "--ppo_epochs=1", f"--prompts={r}"))
     assert "gold" not in metrics(tmp_path / "p")[0]
-    with pytest.raises(UserError, match=f"--reward=gold: {r} has prompts without the world's metadata"):
+    with pytest.raises(UserError, match=f"(?s){r}: .*world's metadata \\(--reward=gold\\).*{r}:1: family: missing"):
         train_ppo.main(flags(world, tmp_path / "q", "--max_iters=1", f"--prompts={r}", "--reward=gold"))
     assert not (tmp_path / "q").exists()                               # nothing written
+    # a family the world does not have is somebody else's metadata: valid, and no gold
+    data.write_jsonl(str(r), [{"prompt": x["prompt"], "family": "helpful-base"} for x in records])
+    train_ppo.main(flags(world, tmp_path / "h", "--max_iters=1", "--ppo_epochs=1", f"--prompts={r}"))
+    assert "gold" not in metrics(tmp_path / "h")[0]
+    # a world prompt without what its gold score reads is a file:line error before anything is
+    # written, even under --overwrite (the earlier run's metrics stay)
+    data.write_jsonl(str(r), [{k: v for k, v in x.items() if k != "answer" or i != 5} for i, x in enumerate(records)])
+    before = open(tmp_path / "h" / "metrics.jsonl").read()
+    with pytest.raises(UserError, match=f"{r}:6: answer: missing"):
+        train_ppo.main(flags(world, tmp_path / "h", "--max_iters=1", f"--prompts={r}", "--overwrite"))
+    assert open(tmp_path / "h" / "metrics.jsonl").read() == before
 
 
 def run_script(*args):
