@@ -36,8 +36,11 @@ change of style only. A policy that does not beat it has learned style, not subs
 agreement of the world's two labelers on the same pairs (inter-labeler agreement, the
 paper's yardstick: a reward model fitted to one labeler may exceed it), and how often it
 prefers the right response of a pair of which the world's judge finds exactly one right.
+A policy trained by PPO on the world's prompts brings its run's over-optimisation curve
+(ppo_curves, from its metrics.jsonl): gold and reward-model score against the KL from SFT.
 
-Writes report.json (schema below), report.md (the table) and report.png (the bars).
+Writes report.json (schema below), report.md (the tables) and report.png (the bars and the
+over-optimisation curves).
 
     python -m nanoinstruct.evaluate --policies=base=out/base,base_prompted=out/base,sft=out/sft,\\
         ppo_ptx=out/ppo_ptx --prompted=base_prompted --baseline=sft --terse=sft --reward=out/rm --out_dir=out/eval
@@ -51,6 +54,7 @@ Writes report.json (schema below), report.md (the table) and report.png (the bar
      "reward_model": {"accuracy", "labeler_agreement", "right_over_wrong", "right_over_wrong_pairs",
                       "right_over_wrong_by_family": {FAMILY: fraction},
                       "right_over_wrong_pairs_by_family": {FAMILY: pairs}},
+     "ppo_curves": {NAME: {"iter", "kl", "score", "gold": [per logged iteration]}},
      "seconds": {STAGE: wall seconds}}
 
 plus, where asked for, "labelers" (every judge's win rates and gold scores), "versus"
@@ -73,7 +77,7 @@ import torch
 from tqdm import tqdm
 from torch.nn.utils.rnn import pad_sequence
 
-from nanoinstruct import batching, checkpoint, collect, data, losses
+from nanoinstruct import batching, checkpoint, collect, data, losses, plot
 from nanoinstruct.cli import UserError, cli_main, parse_flags
 from nanoinstruct.model import GPT
 from nanoinstruct.report import aggregate, markdown, write_report
@@ -328,6 +332,19 @@ def correctness_accuracy(scores, comparisons):
 
 # ---------------------------------------------------------------------------------------
 
+def ppo_curve(path):
+    """Reward over-optimisation on record (Gao et al. 2022): the rows of a PPO run's
+    metrics.jsonl, beside its checkpoint, that logged `gold` (prompts with the world's
+    metadata) -> {"iter", "kl", "score", "gold"}, each a list over the logged iterations: the
+    KL from SFT (nats per response), the reward model's mean score and the training labeler's
+    noise-free gold score of that iteration's rollouts. None for any other run."""
+    f = os.path.join(path, "metrics.jsonl")
+    keys = ("iter", "kl", "score", "gold")
+    rows = [r for r in plot.read_metrics(f) if all(isinstance(r.get(k), (int, float)) for k in keys)] \
+        if os.path.isfile(f) else []
+    return {k: [r[k] for r in rows] for k in keys} if rows else None
+
+
 def parse_policies(spec):
     out = {}
     for item in filter(None, spec.split(",")):
@@ -494,6 +511,9 @@ def main(argv=None):
             "right_over_wrong": right, "right_over_wrong_pairs": n_right,
             "right_over_wrong_by_family": {f: r / n for f, (r, n) in by_family.items()},
             "right_over_wrong_pairs_by_family": {f: n for f, (_, n) in by_family.items()}}
+    curves = {name: c for name, path in policies.items() if name not in prompted for c in [ppo_curve(path)] if c}
+    if curves:
+        report["ppo_curves"] = curves
     seconds = read_seconds(cfg.seconds) if cfg.seconds else {}
     report["seconds"] = {**seconds, "evaluate": time.perf_counter() - t0}
     if responses:

@@ -55,7 +55,18 @@ def curves(out_dir):
     path = os.path.join(out_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         return None
-    rows = read_metrics(path)
+    fig = figure(read_metrics(path), os.path.normpath(out_dir))
+    if fig is None:
+        return None
+    png = os.path.join(out_dir, "curves.png")
+    fig.savefig(png, dpi=110)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return png
+
+
+def figure(rows, title):
+    """metrics rows -> the figure of their panels (matplotlib), or None without numbers."""
     panels = series(rows)
     if not panels:
         return None
@@ -87,12 +98,9 @@ def curves(out_dir):
         ax.legend(fontsize=7)
     for ax in axes[n:]:
         ax.axis("off")
-    fig.suptitle(os.path.normpath(out_dir), fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    png = os.path.join(out_dir, "curves.png")
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return png
+    return fig
 
 
 def main(argv=None):

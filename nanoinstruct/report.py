@@ -1,4 +1,5 @@
-"""The evaluation's report: report.json, report.md (the table) and report.png (the bars),
+"""The evaluation's report: report.json, report.md (the tables) and report.png (the bars and
+the PPO runs' over-optimisation curves),
 and the merge of several seeds' reports into means with their spread (make paper).
 evaluate.py measures; this file only lays the numbers out."""
 
@@ -54,6 +55,30 @@ def style_control(models, baseline):
     return lines
 
 
+def complete(curves):
+    """The PPO curves that have all their series (a merge of seeds logged differently has none)."""
+    return {n: c for n, c in curves.items() if all(k in c for k in ("iter", "kl", "score", "gold"))}
+
+
+def overoptimisation(curves, spread):
+    """A table of each PPO run's logged iterations: KL from SFT, reward-model score, gold."""
+    curves = complete(curves)
+    if not curves:
+        return []
+    lines = ["", "Reward over-optimisation (Gao et al. 2022), each PPO run's rollouts as it logged them: "
+                 "the reward model's mean score and the training labeler's noise-free gold score, against "
+                 "the KL from SFT (nats per response). Where gold turns down while the score rises, PPO "
+                 "is exploiting the reward model.", "",
+             "| model | iteration | KL | RM score | gold |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name, c in curves.items():
+        s = spread.get(name) or {}
+        for i, it in enumerate(c["iter"]):
+            lines.append(f"| {name} | {it:.0f} | " + " | ".join(
+                cell(fmt, c[k][i], (s.get(k) or [None] * len(c[k]))[i])
+                for k, fmt in (("kl", "{:.2f}"), ("score", "{:+.2f}"), ("gold", "{:+.2f}"))) + " |")
+    return lines
+
+
 def judge_name(name):
     """A world labeler's name, or a reward model's checkpoint path (the paper's proxy)."""
     return f"the **{name}** labeler" if name in ("heldout", "train") else f"the reward model **{name}**"
@@ -104,6 +129,7 @@ def markdown(report):
         if by_family:
             lines.append("By task family (pairs): " + ", ".join(
                 f"{f} {cell('{:.0%}', v)} ({pairs.get(f, 0):.0f})" for f, v in by_family.items()) + ".")
+    lines += overoptimisation(report.get("ppo_curves", {}), report.get("spread", {}).get("ppo_curves", {}))
     if report.get("seconds"):
         lines.append("\nWall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items())
                      + f" (total {sum(report['seconds'].values()):.0f}).")
@@ -111,8 +137,10 @@ def markdown(report):
 
 
 def plot(report, path):
+    """report.png: a bar panel per rate, then the PPO runs' gold and reward-model score
+    against KL (ppo_curves), if any. -> the figure (closed), or None without models."""
     if not report["models"]:
-        return
+        return None
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -120,9 +148,23 @@ def plot(report, path):
     spread = report.get("spread", {}).get("models", {})
     keys = [k for k, _, fmt in COLUMNS if fmt.endswith("%}")                 # the win rates and the rates
             and any(k in m for m in report["models"].values())]
-    fig, axes = plt.subplots(1, len(keys), figsize=(2.2 * max(len(keys), 2), 3.2), sharey=True, squeeze=False)
+    curves = complete(report.get("ppo_curves", {}))
+    n = len(keys) + bool(curves)
+    fig, axes = plt.subplots(1, n, figsize=(2.2 * max(n, 2), 3.2), squeeze=False)
     axes = axes[0]
+    if curves:  # reward over-optimisation: proxy and gold against the KL from SFT
+        ax = axes[-1]
+        for i, (name, c) in enumerate(curves.items()):
+            ax.plot(c["kl"], c["score"], "--", marker=".", color=f"C{i}", label=f"{name} RM score")
+            ax.plot(c["kl"], c["gold"], "-", marker=".", color=f"C{i}", label=f"{name} gold")
+        ax.set_title("score and gold vs KL from SFT", fontsize=8)
+        ax.set_xlabel("KL (nats per response)", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
     for ax, k in zip(axes, keys):
+        if ax is not axes[0]:
+            ax.sharey(axes[0])
+            ax.tick_params(labelleft=False)
         vals = [report["models"][n].get(k) for n in names]
         err = [spread.get(n, {}).get(k) or 0 for n in names] if spread else None
         ax.bar(range(len(names)), [v or 0 for v in vals], yerr=err, color="C0")
@@ -135,6 +177,7 @@ def plot(report, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return fig
 
 
 def write_report(report, out_dir):
@@ -149,12 +192,21 @@ def write_report(report, out_dir):
 def aggregate(reports):
     """Several seeds' reports -> one: every number the mean over the seeds that have it, its
     standard deviation under "spread" (same shape; nested dicts such as correct_by_family
-    too), n_seeds the count. A key that some seed lacks is left out."""
+    too, and lists of numbers point by point, as the PPO curves logged at the same iterations),
+    n_seeds the count. A key that some seed lacks, or a list whose length differs between
+    seeds, is left out."""
     def merge(values):
         if isinstance(values[0], dict):
             keys = [k for k in values[0] if all(isinstance(v, dict) and k in v for v in values)]
             pairs = {k: merge([v[k] for v in values]) for k in keys}
+            pairs = {k: p for k, p in pairs.items() if p is not None}
             return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
+        if isinstance(values[0], list) and all(isinstance(x, (int, float)) for x in values[0]):
+            # a curve of numbers: point by point, if every seed has as many points
+            if not all(isinstance(v, list) and len(v) == len(values[0]) for v in values):
+                return None
+            pairs = [merge(list(column)) for column in zip(*values)]
+            return [p[0] for p in pairs], [p[1] for p in pairs]
         nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if nums and all(v is None or v in nums for v in values):
             mean = sum(nums) / len(nums)

@@ -291,6 +291,46 @@ def test_report_new_columns_missing_values_and_style_control(tmp_path):
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_ppo_curve_reads_the_rows_that_logged_gold(tmp_path):
+    rows = [{"iter": 1, "score": -0.3, "kl": 0.0, "gold": 0.6, "entropy": 2.0},
+            {"iter": 2, "score": 0.1, "kl": 0.4, "gold": 0.7},
+            {"iter": 2, "val_loss": 1.0},                                       # not a PPO row
+            {"iter": 3, "score": 0.5, "kl": 1.2, "gold": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"iter": 4, "sc')
+    assert evaluate.ppo_curve(str(tmp_path)) == {"iter": [1, 2, 3], "kl": [0.0, 0.4, 1.2],
+                                                 "score": [-0.3, 0.1, 0.5], "gold": [0.6, 0.7, 0.5]}
+    (tmp_path / "p").mkdir()                                                    # prompts without metadata
+    (tmp_path / "p" / "metrics.jsonl").write_text(json.dumps({"iter": 1, "score": 0.1, "kl": 0.2}) + "\n")
+    assert evaluate.ppo_curve(str(tmp_path / "p")) is None
+    assert evaluate.ppo_curve(str(tmp_path / "none")) is None and evaluate.ppo_curve("gpt2") is None
+
+
+def test_overoptimisation_table_plot_and_seeds():
+    def rep(kl, gold, n=3):
+        return {"baseline": "sft", "labeler": "heldout", "models": {"sft": {"winrate": 0.5}},
+                "ppo_curves": {"ppo_ptx": {"iter": [4, 8, 12][:n], "kl": kl[:n], "score": [-0.2, 0.1, 0.4][:n],
+                                           "gold": gold[:n]}}, "examples": [{"prompt": "p", "sft": "x"}]}
+    one = rep([0.1, 0.5, 1.0], [0.6, 0.7, 0.55])
+    md = report.markdown(one)
+    assert "| model | iteration | KL | RM score | gold |" in md
+    assert "| ppo_ptx | 4 | 0.10 | -0.20 | +0.60 |" in md and "| ppo_ptx | 12 | 1.00 | +0.40 | +0.55 |" in md
+    fig = report.plot(one, os.devnull)
+    curve = fig.axes[-1]
+    assert curve.get_title() == "score and gold vs KL from SFT"
+    drawn = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in curve.get_lines()}
+    assert drawn == {"ppo_ptx RM score": ([0.1, 0.5, 1.0], [-0.2, 0.1, 0.4]),
+                     "ppo_ptx gold": ([0.1, 0.5, 1.0], [0.6, 0.7, 0.55])}
+    assert report.plot({**one, "ppo_curves": {}}, os.devnull).axes[-1].get_title() == "winrate"
+    agg = report.aggregate([one, rep([0.3, 0.7, 1.4], [0.8, 0.9, 0.75])])       # the same iterations
+    assert agg["ppo_curves"]["ppo_ptx"]["gold"] == pytest.approx([0.7, 0.8, 0.65])
+    assert agg["spread"]["ppo_curves"]["ppo_ptx"]["kl"] == pytest.approx([math.sqrt(0.02)] * 2 + [math.sqrt(0.08)])
+    assert agg["ppo_curves"]["ppo_ptx"]["iter"] == [4, 8, 12] and agg["examples"] == one["examples"]
+    assert "| ppo_ptx | 12 | 1.20 ± 0.28 | +0.40 ± 0.00 | +0.65 ± 0.14 |" in report.markdown(agg)
+    ragged = report.aggregate([one, rep([0.3, 0.7], [0.8, 0.9], n=2)])         # logged differently: left out
+    assert ragged["ppo_curves"] == {"ppo_ptx": {}} and "KL | RM score" not in report.markdown(ragged)
+    assert report.plot(ragged, os.devnull).axes[-1].get_title() == "winrate"
+
+
 def cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "nanoinstruct.evaluate", *args], capture_output=True,
                           text=True, cwd=cwd)
@@ -334,6 +374,7 @@ def test_report_files_from_a_real_evaluation(tmp_path):
         model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=320, block_size=256, n_real=257))
         checkpoint.save(str(tmp_path / name), model, {"tokenizer": "bytes"})
     (tmp_path / "secs.txt").write_text("pretrain 12.5\nsft 3\n")
+    (tmp_path / "b" / "metrics.jsonl").write_text(json.dumps({"iter": 20, "score": 0.1, "kl": 0.9, "gold": 0.6}))
     p = cli(f"--policies=sft={tmp_path / 'a'},other={tmp_path / 'b'},other_prompted={tmp_path / 'b'}",
             "--prompted=other_prompted", f"--prompts={tmp_path / 'eval_prompts.jsonl'}",
             f"--heldout={tmp_path / 'corpus_heldout.jsonl'}", f"--demos={tmp_path / 'sft.jsonl'}",
@@ -369,6 +410,9 @@ def test_report_files_from_a_real_evaluation(tmp_path):
     assert all("\n" not in e["other_prompted"] for e in rep["examples"])
     assert rep["seconds"]["pretrain"] == 12.5 and rep["seconds"]["evaluate"] > 0
     assert "| other_prompted |" in (tmp_path / "ev" / "report.md").read_text()
+    # the PPO run's curve, from the metrics beside its checkpoint (not the prompted row's)
+    assert rep["ppo_curves"] == {"other": {"iter": [20], "kl": [0.9], "score": [0.1], "gold": [0.6]}}
+    assert "| other | 20 | 0.90 | +0.10 | +0.60 |" in md
     assert (tmp_path / "ev" / "report.png").read_bytes()[:4] == b"\x89PNG"
 
 

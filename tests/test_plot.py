@@ -21,5 +21,13 @@ def test_curves_png_for_a_ppo_run_and_one_line_without_metrics(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     png = plot.curves(str(tmp_path))
     assert png and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    fig = plot.figure(rows, "run")             # what curves.png holds: a panel a metric, then gold vs KL
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.axison]
+    assert titles == ["score", "gold", "kl", "entropy", "score and gold vs KL from SFT"]
+    drawn = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in fig.axes[4].get_lines()}
+    assert drawn == {"reward model score": ([r["kl"] for r in rows], [r["score"] for r in rows]),
+                     "gold score": ([r["kl"] for r in rows], [r["gold"] for r in rows])}
+    assert "score and gold vs KL from SFT" not in [ax.get_title() for ax in plot.figure(
+        [{k: v for k, v in r.items() if k != "gold"} for r in rows], "run").axes]   # no gold, no panel
     with pytest.raises(UserError, match="empty: no metrics.jsonl"):
         plot.main([str(tmp_path / "empty")])
