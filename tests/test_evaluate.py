@@ -291,6 +291,19 @@ def test_report_new_columns_missing_values_and_style_control(tmp_path):
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_reward_model_lines_of_the_report():
+    rep = {"baseline": "sft", "labeler": "heldout", "models": {}, "reward_model": {
+        "accuracy": 0.669, "labeler_agreement": 0.748, "right_over_wrong": 0.735, "right_over_wrong_pairs": 1376,
+        "right_over_wrong_by_family": {"closed": 1.0, "upper": 0.229},
+        "right_over_wrong_pairs_by_family": {"closed": 266, "upper": 70}}}
+    md = report.markdown(rep)
+    assert "pairwise accuracy 66.9% on held-out comparisons; the labelers agree on 74.8% of them" in md
+    assert md.count("ceiling") == md.count("not a ceiling") == 1
+    assert "On the 1376 pairs of which exactly one response is right, it scores the right one higher 73.5% " \
+           "of the time." in md
+    assert "By task family (pairs): closed 100% (266), upper 23% (70)." in md
+
+
 def test_ppo_curve_reads_the_rows_that_logged_gold(tmp_path):
     rows = [{"iter": 1, "score": -0.3, "kl": 0.0, "gold": 0.6, "entropy": 2.0},
             {"iter": 2, "score": 0.1, "kl": 0.4, "gold": 0.7},
