@@ -159,7 +159,7 @@ def main(argv=None):
         ref, reward, value = GPT(shape), ScalarGPT(shape), ScalarGPT(shape)
         g = torch.Generator().manual_seed(0)
         prompts = torch.randint(0, V - 1, (1024, b["prompt"]), generator=g).tolist()
-        records = []
+        records, world_prompts = [], False
     else:
         ckpt = run.prepare_out_dir(cfg.out_dir, "ppo", cfg.resume, cfg.overwrite)  # checks; writes nothing yet
         ref, tok = run.init_gpt(cfg.init, cfg.tokenizer, 0.0, template=cfg.template)   # pi_SFT
@@ -186,9 +186,9 @@ def main(argv=None):
         records = data.check_template(data.read_prompts(cfg.prompts), cfg.prompts, tok.template)
         records = batching.fit_prompts(records, tok, block - cfg.max_new_tokens, cfg.prompts)
         prompts = [tok.encode_prompt(r["prompt"]) for r in records]
-        # the world's prompts (every family one of the world's) must carry what the gold score
-        # reads; other prompts are valid for a learned reward, and then gold is not logged
-        world_prompts = all(isinstance(r.get("family"), str) and r["family"] in world.MIX for r in records)
+        # the world's prompts must carry what the gold score reads; prompts without its
+        # metadata are valid for a learned reward, and then gold is not logged
+        world_prompts = collect.is_world(records)
         if world_prompts or reward is None:
             collect.require_world(records, cfg.prompts, "the gold score reads the world's metadata"
                                   + (" (--reward=gold)" if reward is None else ""))
@@ -208,7 +208,7 @@ def main(argv=None):
     B, M, W = cfg.batch_size, cfg.batch_size // cfg.minibatches, d.world_size
     index_at = run.epoch_sampler(range(len(prompts)), cfg.seed)   # global rollout position -> prompt
     gold_of = None                                                # the world's gold score, when it applies
-    if not cfg.bench and world_prompts:
+    if world_prompts:
         gold_of = lambda rec, y: world.gold_score(rec, y, world.LABELERS["train"].weights)  # noqa: E731
 
     def response_logprobs(model, ids, mask, P):

@@ -67,6 +67,13 @@ def world_fields(rec):
     return ("answer", *FAMILY_FIELDS.get(family, ()), *(("key",) if safe_howto else ()))
 
 
+def is_world(records):
+    """Prompts are the world's when any of them carries a `family`; then every one must carry
+    what the labelers read (require_world), so a typo or a mixed file is an error, not a
+    silent switch to unlabelled prompts."""
+    return any("family" in r for r in records)
+
+
 def require_world(records, path, why="the world's labelers need its prompt metadata"):
     """Every record has what the world's labelers read (world_fields): a file:line error otherwise."""
     data.require(records, path, world_fields, why)

@@ -337,11 +337,19 @@ def ppo_curve(path):
     metrics.jsonl, beside its checkpoint, that logged `gold` (prompts with the world's
     metadata) -> {"iter", "kl", "score", "gold"}, each a list over the logged iterations: the
     KL from SFT (nats per response), the reward model's mean score and the training labeler's
-    noise-free gold score of that iteration's rollouts. None for any other run."""
+    noise-free gold score of that iteration's rollouts. None for any other run. A resumed
+    run logs some iterations twice: the last row of each counts."""
+    if os.path.basename(os.path.normpath(path)) in (checkpoint.CKPT, checkpoint.CKPT + ".old"):
+        path = os.path.dirname(os.path.normpath(path))          # given the checkpoint inside the run
     f = os.path.join(path, "metrics.jsonl")
+    if not os.path.isfile(f):
+        return None
     keys = ("iter", "kl", "score", "gold")
-    rows = [r for r in plot.read_metrics(f) if all(isinstance(r.get(k), (int, float)) for k in keys)] \
-        if os.path.isfile(f) else []
+    try:
+        rows = {r["iter"]: r for r in plot.read_metrics(f) if all(plot.number(r.get(k)) for k in keys)}
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{f}: cannot be read ({e})")
+    rows = [rows[i] for i in sorted(rows)]
     return {k: [r[k] for r in rows] for k in keys} if rows else None
 
 
@@ -421,8 +429,13 @@ def main(argv=None):
                  *(["seconds"] if cfg.seconds else [])):
         if not os.path.isfile(getattr(cfg, flag)):
             raise UserError(f"--{flag}={getattr(cfg, flag)}: no such file")
+    curves = {}                                   # each PPO run's gold and score against KL
+    for name, path in policies.items():
+        curve = None if name in prompted else ppo_curve(path)
+        if curve:
+            curves[name] = curve
     prompts = data.read_prompts(cfg.prompts) if policies else []
-    world = any("family" in p for p in prompts)   # the world's prompts: its labelers can read them
+    world = collect.is_world(prompts)             # the world's prompts: its labelers can read them
     if world:
         collect.require_world(prompts, cfg.prompts)
     judges = {}                                   # name -> a world labeler, or a reward model judging
@@ -511,7 +524,6 @@ def main(argv=None):
             "right_over_wrong": right, "right_over_wrong_pairs": n_right,
             "right_over_wrong_by_family": {f: r / n for f, (r, n) in by_family.items()},
             "right_over_wrong_pairs_by_family": {f: n for f, (_, n) in by_family.items()}}
-    curves = {name: c for name, path in policies.items() if name not in prompted for c in [ppo_curve(path)] if c}
     if curves:
         report["ppo_curves"] = curves
     seconds = read_seconds(cfg.seconds) if cfg.seconds else {}

@@ -37,12 +37,17 @@ def read_metrics(path):
     return rows
 
 
+def number(v):
+    """A finite int or float (not a bool): what a metric's panel can draw."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def series(rows):
     """rows -> {panel: {metric: ([iter], [value])}}: finite numbers only; val_x joins x."""
     panels = {}
     for row in rows:
         for k, v in row.items():
-            if k in SKIP or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if k in SKIP or not number(v):
                 continue
             xs, ys = panels.setdefault(k.removeprefix("val_"), {}).setdefault(k, ([], []))
             xs.append(row["iter"])

@@ -55,14 +55,8 @@ def style_control(models, baseline):
     return lines
 
 
-def complete(curves):
-    """The PPO curves that have all their series (a merge of seeds logged differently has none)."""
-    return {n: c for n, c in curves.items() if all(k in c for k in ("iter", "kl", "score", "gold"))}
-
-
 def overoptimisation(curves, spread):
     """A table of each PPO run's logged iterations: KL from SFT, reward-model score, gold."""
-    curves = complete(curves)
     if not curves:
         return []
     lines = ["", "Reward over-optimisation (Gao et al. 2022), each PPO run's rollouts as it logged them: "
@@ -148,15 +142,15 @@ def plot(report, path):
     spread = report.get("spread", {}).get("models", {})
     keys = [k for k, _, fmt in COLUMNS if fmt.endswith("%}")                 # the win rates and the rates
             and any(k in m for m in report["models"].values())]
-    curves = complete(report.get("ppo_curves", {}))
+    curves = report.get("ppo_curves", {})
     n = len(keys) + bool(curves)
     fig, axes = plt.subplots(1, n, figsize=(2.2 * max(n, 2), 3.2), squeeze=False)
     axes = axes[0]
     if curves:  # reward over-optimisation: proxy and gold against the KL from SFT
         ax = axes[-1]
-        for i, (name, c) in enumerate(curves.items()):
-            ax.plot(c["kl"], c["score"], "--", marker=".", color=f"C{i}", label=f"{name} RM score")
-            ax.plot(c["kl"], c["gold"], "-", marker=".", color=f"C{i}", label=f"{name} gold")
+        for i, (name, c) in enumerate(curves.items()):   # points: KL need not rise every iteration
+            ax.plot(c["kl"], c["score"], "x", ms=4, color=f"C{i}", label=f"{name} RM score")
+            ax.plot(c["kl"], c["gold"], "o", ms=3, color=f"C{i}", label=f"{name} gold")
         ax.set_title("score and gold vs KL from SFT", fontsize=8)
         ax.set_xlabel("KL (nats per response)", fontsize=7)
         ax.tick_params(labelsize=7)
@@ -192,16 +186,16 @@ def write_report(report, out_dir):
 def aggregate(reports):
     """Several seeds' reports -> one: every number the mean over the seeds that have it, its
     standard deviation under "spread" (same shape; nested dicts such as correct_by_family
-    too, and lists of numbers point by point, as the PPO curves logged at the same iterations),
-    n_seeds the count. A key that some seed lacks, or a list whose length differs between
-    seeds, is left out."""
+    too, and lists of numbers point by point, as the PPO curves), n_seeds the count. A key
+    that some seed lacks, a list whose length differs between seeds, or a PPO curve logged at
+    other iterations, is left out."""
     def merge(values):
         if isinstance(values[0], dict):
             keys = [k for k in values[0] if all(isinstance(v, dict) and k in v for v in values)]
             pairs = {k: merge([v[k] for v in values]) for k in keys}
             pairs = {k: p for k, p in pairs.items() if p is not None}
             return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
-        if isinstance(values[0], list) and all(isinstance(x, (int, float)) for x in values[0]):
+        if isinstance(values[0], list) and values[0] and all(isinstance(x, (int, float)) for x in values[0]):
             # a curve of numbers: point by point, if every seed has as many points
             if not all(isinstance(v, list) and len(v) == len(values[0]) for v in values):
                 return None
@@ -212,5 +206,13 @@ def aggregate(reports):
             mean = sum(nums) / len(nums)
             return mean, math.sqrt(sum((v - mean) ** 2 for v in nums) / max(1, len(nums) - 1))
         return values[0], None
+    # a PPO curve is averaged over the seeds only where every seed logged the same iterations
+    first = reports[0].get("ppo_curves", {})
+    same = {n for n, c in first.items() if all(r.get("ppo_curves", {}).get(n, {}).get("iter") == c.get("iter")
+                                               for r in reports)}
+    reports = [{**r, "ppo_curves": {n: c for n, c in r["ppo_curves"].items() if n in same}} if "ppo_curves" in r
+               else r for r in reports]
+    if not same:
+        reports = [{k: v for k, v in r.items() if k != "ppo_curves"} for r in reports]
     mean, spread = merge(reports)
     return {**mean, "spread": spread, "n_seeds": len(reports)}

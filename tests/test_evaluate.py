@@ -312,10 +312,18 @@ def test_ppo_curve_reads_the_rows_that_logged_gold(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"iter": 4, "sc')
     assert evaluate.ppo_curve(str(tmp_path)) == {"iter": [1, 2, 3], "kl": [0.0, 0.4, 1.2],
                                                  "score": [-0.3, 0.1, 0.5], "gold": [0.6, 0.7, 0.5]}
+    rows += [{"iter": 3, "score": 0.6, "kl": 1.3, "gold": 0.4},               # resumed: the last row counts
+             {"iter": 4, "score": 0.1, "kl": float("nan"), "gold": 0.5}, {"iter": 5, "score": 0.1, "kl": 1.0,
+                                                                           "gold": True}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    want = {"iter": [1, 2, 3], "kl": [0.0, 0.4, 1.3], "score": [-0.3, 0.1, 0.6], "gold": [0.6, 0.7, 0.4]}
+    assert evaluate.ppo_curve(str(tmp_path)) == want
+    (tmp_path / "ckpt").mkdir()                                                 # given the checkpoint inside
+    assert evaluate.ppo_curve(str(tmp_path / "ckpt")) == want
     (tmp_path / "p").mkdir()                                                    # prompts without metadata
     (tmp_path / "p" / "metrics.jsonl").write_text(json.dumps({"iter": 1, "score": 0.1, "kl": 0.2}) + "\n")
     assert evaluate.ppo_curve(str(tmp_path / "p")) is None
-    assert evaluate.ppo_curve(str(tmp_path / "none")) is None and evaluate.ppo_curve("gpt2") is None
+    assert evaluate.ppo_curve(str(tmp_path / "none")) is None
 
 
 def test_overoptimisation_table_plot_and_seeds():
@@ -339,9 +347,14 @@ def test_overoptimisation_table_plot_and_seeds():
     assert agg["spread"]["ppo_curves"]["ppo_ptx"]["kl"] == pytest.approx([math.sqrt(0.02)] * 2 + [math.sqrt(0.08)])
     assert agg["ppo_curves"]["ppo_ptx"]["iter"] == [4, 8, 12] and agg["examples"] == one["examples"]
     assert "| ppo_ptx | 12 | 1.20 ± 0.28 | +0.40 ± 0.00 | +0.65 ± 0.14 |" in report.markdown(agg)
-    ragged = report.aggregate([one, rep([0.3, 0.7], [0.8, 0.9], n=2)])         # logged differently: left out
-    assert ragged["ppo_curves"] == {"ppo_ptx": {}} and "KL | RM score" not in report.markdown(ragged)
-    assert report.plot(ragged, os.devnull).axes[-1].get_title() == "winrate"
+    other = rep([0.3, 0.7, 1.4], [0.8, 0.9, 0.75])
+    other["ppo_curves"]["ppo_ptx"]["iter"] = [5, 10, 15]
+    for seeds in ([one, rep([0.3, 0.7], [0.8, 0.9], n=2)], [one, other], [one, {**one, "ppo_curves": {}}]):
+        agg = report.aggregate(seeds)                        # logged at other iterations: left out
+        assert "ppo_curves" not in agg and "KL | RM score" not in report.markdown(agg)
+        assert report.plot(agg, os.devnull).axes[-1].get_title() == "winrate"
+    empty = report.aggregate([{**one, "examples": []}, one])                    # not a curve
+    assert empty["examples"] == [] and empty["spread"]["examples"] is None
 
 
 def cli(*args, cwd=ROOT):

@@ -29,5 +29,7 @@ def test_curves_png_for_a_ppo_run_and_one_line_without_metrics(tmp_path):
                      "gold score": ([r["kl"] for r in rows], [r["gold"] for r in rows])}
     assert "score and gold vs KL from SFT" not in [ax.get_title() for ax in plot.figure(
         [{k: v for k, v in r.items() if k != "gold"} for r in rows], "run").axes]   # no gold, no panel
+    import matplotlib.pyplot as plt
+    plt.close("all")
     with pytest.raises(UserError, match="empty: no metrics.jsonl"):
         plot.main([str(tmp_path / "empty")])

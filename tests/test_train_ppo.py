@@ -207,17 +207,19 @@ def test_gold_is_the_worlds_score_of_the_rollouts(world, tmp_path, monkeypatch):
     with pytest.raises(UserError, match=f"(?s){r}: .*world's metadata \\(--reward=gold\\).*{r}:1: family: missing"):
         train_ppo.main(flags(world, tmp_path / "q", "--max_iters=1", f"--prompts={r}", "--reward=gold"))
     assert not (tmp_path / "q").exists()                               # nothing written
-    # a family the world does not have is somebody else's metadata: valid, and no gold
-    data.write_jsonl(str(r), [{"prompt": x["prompt"], "family": "helpful-base"} for x in records])
-    train_ppo.main(flags(world, tmp_path / "h", "--max_iters=1", "--ppo_epochs=1", f"--prompts={r}"))
-    assert "gold" not in metrics(tmp_path / "h")[0]
-    # a world prompt without what its gold score reads is a file:line error before anything is
-    # written, even under --overwrite (the earlier run's metrics stay)
-    data.write_jsonl(str(r), [{k: v for k, v in x.items() if k != "answer" or i != 5} for i, x in enumerate(records)])
-    before = open(tmp_path / "h" / "metrics.jsonl").read()
-    with pytest.raises(UserError, match=f"{r}:6: answer: missing"):
-        train_ppo.main(flags(world, tmp_path / "h", "--max_iters=1", f"--prompts={r}", "--overwrite"))
-    assert open(tmp_path / "h" / "metrics.jsonl").read() == before
+    # prompts that carry a family are the world's, and each must carry what its gold score
+    # reads: a file:line error before anything is written, even under --overwrite (the
+    # earlier run's metrics stay): a missing answer, a family the world lacks, a mixed file
+    before = open(tmp_path / "p" / "metrics.jsonl").read()
+    for expected, spoil in (("answer: missing", lambda x: x.pop("answer")),
+                            ('family: "colour" is not one of the world', lambda x: x.update(family="colour")),
+                            ("family: missing", lambda x: x.pop("family"))):   # a mixed file
+        bad = [dict(x) for x in records]
+        spoil(bad[5])
+        data.write_jsonl(str(r), bad)
+        with pytest.raises(UserError, match=f"{r}:6: {expected}"):
+            train_ppo.main(flags(world, tmp_path / "p", "--max_iters=1", f"--prompts={r}", "--overwrite"))
+        assert open(tmp_path / "p" / "metrics.jsonl").read() == before
 
 
 def run_script(*args):
