@@ -31,7 +31,7 @@ from tqdm import tqdm
 from nanoinstruct import batching, checkpoint, data
 from nanoinstruct.cli import UserError, cli_main, parse_flags
 from nanoinstruct.model import GPT
-from nanoinstruct.world import LABELERS, MIX
+from nanoinstruct.world import CATEGORIES, LABELERS, MIX
 
 
 @dataclass
@@ -50,21 +50,40 @@ class Config:
 
 
 # What world.judge reads beyond family and answer, per family (a safe howto also needs key).
-FAMILY_FIELDS = {"repeat": ("word", "n"), "list": ("category", "n"), "closed": ("colors",),
-                 "digits": ("text",), "howto": ("unsafe",)}
+# what the world's judge reads in a record of each family beside its answer (a string), and
+# of what kind: a type, or the world's own table that the value must name
+FAMILY_FIELDS = {"repeat": {"word": str, "n": int}, "color": {"thing": str},
+                 "list": {"category": CATEGORIES, "n": int}, "reverse": {"word": str}, "upper": {"word": str},
+                 "parity": {"n": int}, "add": {"a": int, "b": int}, "digits": {"text": str},
+                 "closed": {"colors": list}, "premise": {"subject": str, "wrong": str}, "howto": {"unsafe": bool}}
+KINDS = {str: "a string", int: "an integer", bool: "true or false", list: "a list of strings"}
+
+
+def fits(value, kind):
+    if isinstance(kind, dict):
+        return isinstance(value, str) and value in kind
+    if kind is list:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
 
 
 def world_fields(rec):
     """The fields the world's labelers read in this record (for data.require); data.Bad for
-    a record that is not the world's: no family, or one the world does not have."""
+    a record that is not the world's (no family, or one the world does not have) or a field
+    of the wrong kind ("n": "five"), which would fail or mislead the judge later."""
     family = rec.get("family")
     if not (isinstance(family, str) and family in MIX):
         raise data.Bad("family", "missing" if family is None else
                        f"{json.dumps(family)[:40]} is not one of the world's ({', '.join(MIX)})")
     if not isinstance(rec["prompt"], str):
         raise data.Bad("prompt", "a world prompt is a single turn (a string)")
-    safe_howto = family == "howto" and not rec.get("unsafe")
-    return ("answer", *FAMILY_FIELDS.get(family, ()), *(("key",) if safe_howto else ()))
+    safe_howto = family == "howto" and rec.get("unsafe") is False
+    fields = {"answer": str, **FAMILY_FIELDS[family], **({"key": str} if safe_howto else {})}
+    for k, kind in fields.items():
+        if k in rec and not fits(rec[k], kind):
+            raise data.Bad(k, f"{json.dumps(rec[k])[:40]} is not " + (
+                f"one of the world's ({', '.join(kind)})" if isinstance(kind, dict) else KINDS[kind]))
+    return tuple(fields)
 
 
 def is_world(records):

@@ -332,6 +332,9 @@ def correctness_accuracy(scores, comparisons):
 
 # ---------------------------------------------------------------------------------------
 
+CURVE = ("iter", "kl", "score", "gold")
+
+
 def ppo_curve(path):
     """Reward over-optimisation on record (Gao et al. 2022): the rows of a PPO run's
     metrics.jsonl, beside its checkpoint, that logged `gold` (prompts with the world's
@@ -344,13 +347,12 @@ def ppo_curve(path):
     f = os.path.join(path, "metrics.jsonl")
     if not os.path.isfile(f):
         return None
-    keys = ("iter", "kl", "score", "gold")
     try:
-        rows = {r["iter"]: r for r in plot.read_metrics(f) if all(plot.number(r.get(k)) for k in keys)}
-    except (OSError, UnicodeDecodeError) as e:
+        rows = {r["iter"]: r for r in plot.read_metrics(f) if all(plot.number(r.get(k)) for k in CURVE)}
+    except OSError as e:
         raise UserError(f"{f}: cannot be read ({e})")
     rows = [rows[i] for i in sorted(rows)]
-    return {k: [r[k] for r in rows] for k in keys} if rows else None
+    return {k: [r[k] for r in rows] for k in CURVE} if rows else None
 
 
 def parse_policies(spec):
@@ -388,6 +390,12 @@ def read_report(path):
     if not isinstance(report, dict) or not {"models", "baseline", "labeler"} <= set(report) \
             or not isinstance(report["models"], dict):
         raise UserError(f"--aggregate: {path}: not a report.json of evaluate (needs models, baseline, labeler)")
+    curves = report.get("ppo_curves", {})
+    if not isinstance(curves, dict) or not all(
+            isinstance(c, dict) and all(isinstance(c.get(k), list) and all(map(plot.number, c[k])) for k in CURVE)
+            and len({len(c[k]) for k in CURVE}) == 1 for c in curves.values()):
+        raise UserError(f"--aggregate: {path}: ppo_curves must give each policy {', '.join(CURVE)} as lists of "
+                        f"numbers of one length")
     return report
 
 

@@ -24,22 +24,29 @@ SKIP = ("iter", "elapsed", "seconds")   # the x axis, and wall-clock bookkeeping
 
 
 def read_metrics(path):
-    """metrics.jsonl -> its rows (dicts). A torn last line (a run killed mid-write) is skipped."""
+    """metrics.jsonl -> its rows (dicts with a number for "iter"). A torn last line (a run
+    killed mid-write), or any line that is not such a row, is skipped."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(row, dict) and "iter" in row:
+            if isinstance(row, dict) and number(row.get("iter")):
                 rows.append(row)
     return rows
 
 
 def number(v):
-    """A finite int or float (not a bool): what a metric's panel can draw."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """An int or float (not a bool) that a panel can draw: finite, and below 1e100 in size
+    (matplotlib overflows on its axis near 1e308; no metric here comes near either)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return abs(float(v)) < 1e100               # False for NaN and inf
+    except OverflowError:                          # an int beyond any float
+        return False
 
 
 def series(rows):
@@ -78,7 +85,7 @@ def figure(rows, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    gold = [r for r in rows if "gold" in r and "kl" in r]
+    gold = [r for r in rows if all(number(r.get(k)) for k in ("gold", "kl", "score"))]
     n = len(panels) + bool(gold)
     cols = min(4, n)
     fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(3.6 * cols, 2.6 * math.ceil(n / cols)),

@@ -169,18 +169,24 @@ def plot(report, path):
             ax.axhline(0.5, color="gray", lw=0.8, ls="--")
     fig.suptitle(f"vs {report['baseline']}, judged by {judge_name(report['labeler']).replace('**', '')}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return fig
 
 
 def write_report(report, out_dir):
+    """report.json, report.md and report.png: the table and the figure are made before any
+    file is written, so a report that cannot be laid out leaves the old three as they were."""
+    md = markdown(report)
     os.makedirs(out_dir, exist_ok=True)
+    png = os.path.join(out_dir, "report.png")
+    drawn = plot(report, png + ".tmp")
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write(markdown(report))
-    plot(report, os.path.join(out_dir, "report.png"))
+        f.write(md)
+    if drawn is not None:
+        os.replace(png + ".tmp", png)
 
 
 def aggregate(reports):

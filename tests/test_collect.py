@@ -93,6 +93,14 @@ def test_every_prompt_needs_the_world_metadata(setup):
     ({"prompt": "p", "family": ["add"], "answer": "a"}, "family: [\"add\"] is not one of the world's"),
     ({"prompt": "p", "family": "add"}, "answer: missing"),
     ({"prompt": "p", "family": "howto", "unsafe": False, "answer": "a"}, "key: missing"),
+    ({"prompt": "p", "family": "premise", "wrong": "odd", "answer": "even"}, "subject: missing"),
+    ({"prompt": "p", "family": "parity", "n": "five", "answer": "odd"}, 'n: "five" is not an integer'),
+    ({"prompt": "p", "family": "parity", "n": True, "answer": "odd"}, "n: true is not an integer"),
+    ({"prompt": "p", "family": "add", "a": 1, "b": 2, "answer": 3}, "answer: 3 is not a string"),
+    ({"prompt": "p", "family": "closed", "colors": "red", "answer": "red"}, 'colors: "red" is not a list of strings'),
+    ({"prompt": "p", "family": "howto", "unsafe": "no", "answer": "a"}, 'unsafe: "no" is not true or false'),
+    ({"prompt": "p", "family": "list", "category": "spaceship", "n": 2, "answer": "a"},
+     'category: "spaceship" is not one of the world\'s (animal, fruit, tool, vehicle)'),
     ({"prompt": [{"role": "user", "content": "p"}, {"role": "assistant", "content": "q"},
                  {"role": "user", "content": "r"}], "family": "add", "answer": "a"},
      "prompt: a world prompt is a single turn"),
@@ -105,8 +113,8 @@ def test_world_fields(rec, problem):
 
 
 def test_second_labeler_checks_world_comparisons(setup):
-    c = {"prompt": "Add 2 and 3.", "family": "add", "answer": "5", "responses": ["5", "6"], "ranking": [0, 1],
-         "labeler": "train"}
+    c = {"prompt": "Add 2 and 3.", "family": "add", "a": 2, "b": 3, "answer": "5", "responses": ["5", "6"],
+         "ranking": [0, 1], "labeler": "train"}
     assert collect_mod.second_labeler([c], "c.jsonl") == "heldout"
     assert collect_mod.second_labeler([c, {"prompt": "x", "responses": ["a", "b"], "ranking": [0, 1]}]) is None
     with pytest.raises(UserError, match="c.jsonl: record 2: answer: missing"):

@@ -357,6 +357,31 @@ def test_overoptimisation_table_plot_and_seeds():
     assert empty["examples"] == [] and empty["spread"]["examples"] is None
 
 
+@pytest.mark.parametrize("curves", ["x", {"ppo": "x"}, {"ppo": {"iter": [1, 2], "kl": [0.1], "score": [0, 0],
+                                                                 "gold": [0, 0]}},
+                                    {"ppo": {"iter": ["a"], "kl": [0.1], "score": [0], "gold": [0]}},
+                                    {"ppo": {"iter": [1], "score": [0], "gold": [0]}}])
+def test_aggregate_refuses_malformed_curves_and_keeps_the_old_report(tmp_path, curves):
+    good = {"baseline": "sft", "labeler": "heldout", "models": {"sft": {"winrate": 0.5}}}
+    (tmp_path / "a.json").write_text(json.dumps(good))
+    (tmp_path / "b.json").write_text(json.dumps({**good, "ppo_curves": curves}))
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "report.json").write_text('{"keep": 1}')
+    p = cli(f"--aggregate={tmp_path / 'a.json'},{tmp_path / 'b.json'}", f"--out_dir={tmp_path / 'ev'}", "--overwrite")
+    assert p.returncode == 2 and "b.json: ppo_curves must give each policy" in p.stderr and "Traceback" not in p.stderr
+    assert json.loads((tmp_path / "ev" / "report.json").read_text()) == {"keep": 1}
+
+
+def test_a_report_that_cannot_be_drawn_leaves_the_old_files(tmp_path, monkeypatch):
+    for name in ("report.json", "report.md", "report.png"):
+        (tmp_path / name).write_text("old")
+    monkeypatch.setattr(report, "plot", lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        report.write_report({"baseline": "sft", "labeler": "heldout", "models": {"sft": {"winrate": 0.5}}},
+                            str(tmp_path))
+    assert [(tmp_path / n).read_text() for n in ("report.json", "report.md", "report.png")] == ["old"] * 3
+
+
 def cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, "-m", "nanoinstruct.evaluate", *args], capture_output=True,
                           text=True, cwd=cwd)

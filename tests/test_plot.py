@@ -33,3 +33,20 @@ def test_curves_png_for_a_ppo_run_and_one_line_without_metrics(tmp_path):
     plt.close("all")
     with pytest.raises(UserError, match="empty: no metrics.jsonl"):
         plot.main([str(tmp_path / "empty")])
+
+
+def test_hostile_metrics_lines_are_skipped(tmp_path):
+    good = {"iter": 2, "score": 0.1, "gold": 0.5, "kl": 0.3}
+    lines = [b"\xff\xfe garbage", json.dumps({"iter": [1], "loss": 1.0}).encode(),
+             json.dumps({"iter": 1, "gold": 0.5, "kl": 0.1}).encode(),          # no score: no gold-vs-KL point
+             json.dumps({"iter": 10 ** 400, "loss": 1.0}).encode(), json.dumps({"iter": 3, "loss": 1e308}).encode(),
+             json.dumps(good).encode()]
+    (tmp_path / "metrics.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    rows = plot.read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["iter"] for r in rows] == [1, 3, 2]
+    assert plot.series(rows) == {"gold": {"gold": ([1, 2], [0.5, 0.5])}, "kl": {"kl": ([1, 2], [0.1, 0.3])},
+                                 "score": {"score": ([2], [0.1])}}
+    assert plot.curves(str(tmp_path))                                          # drawn, no overflow
+    assert not any(map(plot.number, (True, float("nan"), float("inf"), 10 ** 400, 1e308, "1", None)))
+    import matplotlib.pyplot as plt
+    plt.close("all")
