@@ -49,9 +49,8 @@ class Config:
     device: str = "cpu"           # cpu | cuda | cuda:N
 
 
-# What world.judge reads beyond family and answer, per family (a safe howto also needs key).
-# what the world's judge reads in a record of each family beside its answer (a string), and
-# of what kind: a type, or the world's own table that the value must name
+# What world.judge reads in a record of each family beside its answer (a string; a safe
+# howto also needs key), and of what kind: a type, or the world's own table it must name.
 FAMILY_FIELDS = {"repeat": {"word": str, "n": int}, "color": {"thing": str},
                  "list": {"category": CATEGORIES, "n": int}, "reverse": {"word": str}, "upper": {"word": str},
                  "parity": {"n": int}, "add": {"a": int, "b": int}, "digits": {"text": str},

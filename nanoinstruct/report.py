@@ -193,18 +193,14 @@ def aggregate(reports):
     """Several seeds' reports -> one: every number the mean over the seeds that have it, its
     standard deviation under "spread" (same shape; nested dicts such as correct_by_family
     too, and lists of numbers point by point, as the PPO curves), n_seeds the count. A key
-    that some seed lacks, a list whose length differs between seeds, or a PPO curve logged at
-    other iterations, is left out."""
+    that some seed lacks, or a PPO curve logged at other iterations, is left out."""
     def merge(values):
         if isinstance(values[0], dict):
             keys = [k for k in values[0] if all(isinstance(v, dict) and k in v for v in values)]
             pairs = {k: merge([v[k] for v in values]) for k in keys}
-            pairs = {k: p for k, p in pairs.items() if p is not None}
             return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
-        if isinstance(values[0], list) and values[0] and all(isinstance(x, (int, float)) for x in values[0]):
-            # a curve of numbers: point by point, if every seed has as many points
-            if not all(isinstance(v, list) and len(v) == len(values[0]) for v in values):
-                return None
+        if all(isinstance(v, list) and v and len(v) == len(values[0]) for v in values) \
+                and all(isinstance(x, (int, float)) for x in values[0]):   # a curve: point by point
             pairs = [merge(list(column)) for column in zip(*values)]
             return [p[0] for p in pairs], [p[1] for p in pairs]
         nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
