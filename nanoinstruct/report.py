@@ -175,18 +175,26 @@ def plot(report, path):
 
 
 def write_report(report, out_dir):
-    """report.json, report.md and report.png: the table and the figure are made before any
-    file is written, so a report that cannot be laid out leaves the old three as they were."""
+    """report.json, report.md and report.png, each written beside itself and renamed into
+    place once all three are made: a report that cannot be laid out, or a run stopped while
+    writing, leaves the old files whole."""
     md = markdown(report)
     os.makedirs(out_dir, exist_ok=True)
-    png = os.path.join(out_dir, "report.png")
-    drawn = plot(report, png + ".tmp")
-    with open(os.path.join(out_dir, "report.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write(md)
-    if drawn is not None:
-        os.replace(png + ".tmp", png)
+    tmp = {name: os.path.join(out_dir, f".{name}.tmp-{os.getpid()}")
+           for name in ("report.json", "report.md", "report.png")}
+    try:
+        plot(report, tmp["report.png"])
+        with open(tmp["report.json"], "w") as f:
+            json.dump(report, f, indent=1)
+        with open(tmp["report.md"], "w") as f:
+            f.write(md)
+        for name, path in tmp.items():
+            if os.path.exists(path):                   # no png without models
+                os.replace(path, os.path.join(out_dir, name))
+    finally:
+        for path in tmp.values():
+            if os.path.exists(path):
+                os.remove(path)
 
 
 def aggregate(reports):

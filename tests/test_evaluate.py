@@ -380,6 +380,16 @@ def test_a_report_that_cannot_be_drawn_leaves_the_old_files(tmp_path, monkeypatc
         report.write_report({"baseline": "sft", "labeler": "heldout", "models": {"sft": {"winrate": 0.5}}},
                             str(tmp_path))
     assert [(tmp_path / n).read_text() for n in ("report.json", "report.md", "report.png")] == ["old"] * 3
+    monkeypatch.undo()
+    def stopped(obj, f, **kw):                                                 # Ctrl-C halfway through
+        f.write('{"models": ')
+        raise KeyboardInterrupt
+    monkeypatch.setattr(report.json, "dump", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        report.write_report({"baseline": "sft", "labeler": "heldout", "models": {"sft": {"winrate": 0.5}}},
+                            str(tmp_path))
+    assert [(tmp_path / n).read_text() for n in ("report.json", "report.md", "report.png")] == ["old"] * 3
+    assert sorted(os.listdir(tmp_path)) == ["report.json", "report.md", "report.png"]   # no temporary left
 
 
 def cli(*args, cwd=ROOT):
