@@ -332,29 +332,6 @@ def correctness_accuracy(scores, comparisons):
 
 # ---------------------------------------------------------------------------------------
 
-CURVE = ("iter", "kl", "score", "gold")
-
-
-def ppo_curve(path):
-    """Reward over-optimisation on record (Gao et al. 2022): the rows of a PPO run's
-    metrics.jsonl, beside its checkpoint, that logged `gold` (prompts with the world's
-    metadata) -> {"iter", "kl", "score", "gold"}, each a list over the logged iterations: the
-    KL from SFT (nats per response), the reward model's mean score and the training labeler's
-    noise-free gold score of that iteration's rollouts. None for any other run. A resumed
-    run logs some iterations twice: the last row of each counts."""
-    if os.path.basename(os.path.normpath(path)) in (checkpoint.CKPT, checkpoint.CKPT + ".old"):
-        path = os.path.dirname(os.path.normpath(path))          # given the checkpoint inside the run
-    f = os.path.join(path, "metrics.jsonl")
-    if not os.path.isfile(f):
-        return None
-    try:
-        rows = {r["iter"]: r for r in plot.read_metrics(f) if all(plot.number(r.get(k)) for k in CURVE)}
-    except OSError as e:
-        raise UserError(f"{f}: cannot be read ({e})")
-    rows = [rows[i] for i in sorted(rows)]
-    return {k: [r[k] for r in rows] for k in CURVE} if rows else None
-
-
 def parse_policies(spec):
     out = {}
     for item in filter(None, spec.split(",")):
@@ -392,9 +369,9 @@ def read_report(path):
         raise UserError(f"--aggregate: {path}: not a report.json of evaluate (needs models, baseline, labeler)")
     curves = report.get("ppo_curves", {})
     if not isinstance(curves, dict) or not all(
-            isinstance(c, dict) and all(isinstance(c.get(k), list) and all(map(plot.number, c[k])) for k in CURVE)
-            and len({len(c[k]) for k in CURVE}) == 1 for c in curves.values()):
-        raise UserError(f"--aggregate: {path}: ppo_curves must give each policy {', '.join(CURVE)} as lists of "
+            isinstance(c, dict) and all(isinstance(c.get(k), list) and all(map(plot.number, c[k])) for k in plot.CURVE)
+            and len({len(c[k]) for k in plot.CURVE}) == 1 for c in curves.values()):
+        raise UserError(f"--aggregate: {path}: ppo_curves must give each policy {', '.join(plot.CURVE)} as lists of "
                         f"numbers of one length")
     return report
 
@@ -439,7 +416,7 @@ def main(argv=None):
             raise UserError(f"--{flag}={getattr(cfg, flag)}: no such file")
     curves = {}                                   # each PPO run's gold and score against KL
     for name, path in policies.items():
-        curve = None if name in prompted else ppo_curve(path)
+        curve = None if name in prompted else plot.ppo_curve(path)
         if curve:
             curves[name] = curve
     prompts = data.read_prompts(cfg.prompts) if policies else []

@@ -7,7 +7,8 @@ one (loss and lr for pretraining and SFT; loss, accuracy and lr for the reward m
 score, gold, kl, entropy, the clip fractions and the rest for PPO, README "Metrics").
 A PPO run on the world's prompts, which logs `gold` beside the reward model's `score`, gets
 one more panel: both against the KL from the SFT model. The proxy keeps rising where the
-gold score turns down: reward over-optimisation (Gao et al. 2022).
+gold score turns down: reward over-optimisation (Gao et al. 2022). `ppo_curve` reads those
+points for the evaluation's report.
 
 The stage scripts draw it when a run ends; this command redraws any run, e.g. while it runs.
 """
@@ -47,6 +48,30 @@ def number(v):
         return abs(float(v)) < 1e100               # False for NaN and inf
     except OverflowError:                          # an int beyond any float
         return False
+
+
+CURVE = ("iter", "kl", "score", "gold")
+
+
+def ppo_curve(path):
+    """Reward over-optimisation on record (Gao et al. 2022): the rows of a PPO run's
+    metrics.jsonl, beside its checkpoint, that logged `gold` (prompts with the world's
+    metadata) -> {"iter", "kl", "score", "gold"}, each a list over the logged iterations: the
+    KL from SFT (nats per response), the reward model's mean score and the training labeler's
+    noise-free gold score of that iteration's rollouts. None for any other run. A resumed
+    run logs some iterations twice: the last row of each counts."""
+    from nanoinstruct.checkpoint import CKPT
+    if os.path.basename(os.path.normpath(path)) in (CKPT, CKPT + ".old"):
+        path = os.path.dirname(os.path.normpath(path))          # given the checkpoint inside the run
+    f = os.path.join(path, "metrics.jsonl")
+    if not os.path.isfile(f):
+        return None
+    try:
+        rows = {r["iter"]: r for r in read_metrics(f) if all(number(r.get(k)) for k in CURVE)}
+    except OSError as e:
+        raise UserError(f"{f}: cannot be read ({e})")
+    rows = [rows[i] for i in sorted(rows)]
+    return {k: [r[k] for r in rows] for k in CURVE} if rows else None
 
 
 def series(rows):

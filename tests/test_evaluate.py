@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanoinstruct import checkpoint, data, evaluate, report
+from nanoinstruct import checkpoint, data, evaluate, plot, report
 from nanoinstruct.cli import UserError
 from nanoinstruct.model import GPT, GPTConfig, ScalarGPT
 from nanoinstruct.tokenizer import get_tokenizer
@@ -310,20 +310,20 @@ def test_ppo_curve_reads_the_rows_that_logged_gold(tmp_path):
             {"iter": 2, "val_loss": 1.0},                                       # not a PPO row
             {"iter": 3, "score": 0.5, "kl": 1.2, "gold": 0.5}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"iter": 4, "sc')
-    assert evaluate.ppo_curve(str(tmp_path)) == {"iter": [1, 2, 3], "kl": [0.0, 0.4, 1.2],
+    assert plot.ppo_curve(str(tmp_path)) == {"iter": [1, 2, 3], "kl": [0.0, 0.4, 1.2],
                                                  "score": [-0.3, 0.1, 0.5], "gold": [0.6, 0.7, 0.5]}
     rows += [{"iter": 3, "score": 0.6, "kl": 1.3, "gold": 0.4},               # resumed: the last row counts
              {"iter": 4, "score": 0.1, "kl": float("nan"), "gold": 0.5}, {"iter": 5, "score": 0.1, "kl": 1.0,
                                                                            "gold": True}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     want = {"iter": [1, 2, 3], "kl": [0.0, 0.4, 1.3], "score": [-0.3, 0.1, 0.6], "gold": [0.6, 0.7, 0.4]}
-    assert evaluate.ppo_curve(str(tmp_path)) == want
+    assert plot.ppo_curve(str(tmp_path)) == want
     (tmp_path / "ckpt").mkdir()                                                 # given the checkpoint inside
-    assert evaluate.ppo_curve(str(tmp_path / "ckpt")) == want
+    assert plot.ppo_curve(str(tmp_path / "ckpt")) == want
     (tmp_path / "p").mkdir()                                                    # prompts without metadata
     (tmp_path / "p" / "metrics.jsonl").write_text(json.dumps({"iter": 1, "score": 0.1, "kl": 0.2}) + "\n")
-    assert evaluate.ppo_curve(str(tmp_path / "p")) is None
-    assert evaluate.ppo_curve(str(tmp_path / "none")) is None
+    assert plot.ppo_curve(str(tmp_path / "p")) is None
+    assert plot.ppo_curve(str(tmp_path / "none")) is None
 
 
 def test_overoptimisation_table_plot_and_seeds():
